@@ -13,7 +13,9 @@ from pathlib import Path
 
 from cffi import FFI
 
-_DIR = Path(__file__).resolve().parent if "__file__" in globals() else Path("src/anyio_uring/_native").resolve()
+_DIR = (
+    Path(__file__).resolve().parent if "__file__" in globals() else Path("src/anyio_uring/_native").resolve()
+)
 # setuptools insists on paths relative to setup.py's directory (the working directory of a build).
 HERE = Path(os.path.relpath(_DIR)) if _DIR.is_relative_to(Path.cwd()) else _DIR
 VERSION_FILE = HERE.parent / "_version.py"
@@ -29,8 +31,7 @@ def _read_version() -> str:
 def _cdef_text() -> str:
     text = (HERE / "aur.h").read_text()
     # cffi's parser does not take C comments inside #define lines; strip all comments.
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    return text
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
 
 ffibuilder = FFI()
