@@ -1,0 +1,72 @@
+"""anyio_uring: an io_uring-native async runtime with trio's semantics.
+
+``anyio_uring.run(main)`` runs a program on the runtime directly; the anyio backend ``"uring"``
+(``anyio.run(main, backend="uring")``) is built on the same runtime.
+"""
+
+from ._core import (
+    Abort,
+    Cancelled,
+    MockClock,
+    Runner,
+    Task,
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+    current_task,
+    current_time,
+    run,
+    sleep,
+    sleep_forever,
+    sleep_until,
+    wait_all_tasks_blocked,
+    wait_task_rescheduled,
+)
+from ._errors import ForkedRingError, IoUringUnavailableError, RingClosedError, UringInternalError
+from ._probe import RingOptions
+from ._taskgroup import Nursery, TaskStatus, open_nursery
+from ._version import __version__
+from .cancel import (
+    CancelScope,
+    current_effective_deadline,
+    fail_after,
+    fail_at,
+    move_on_after,
+    move_on_at,
+    wait_operation,
+)
+
+__all__ = [
+    "Abort",
+    "CancelScope",
+    "Cancelled",
+    "ForkedRingError",
+    "IoUringUnavailableError",
+    "MockClock",
+    "Nursery",
+    "RingClosedError",
+    "RingOptions",
+    "Runner",
+    "Task",
+    "TaskStatus",
+    "UringInternalError",
+    "__version__",
+    "cancel_shielded_checkpoint",
+    "checkpoint",
+    "checkpoint_if_cancelled",
+    "current_effective_deadline",
+    "current_task",
+    "current_time",
+    "fail_after",
+    "fail_at",
+    "move_on_after",
+    "move_on_at",
+    "open_nursery",
+    "run",
+    "sleep",
+    "sleep_forever",
+    "sleep_until",
+    "wait_all_tasks_blocked",
+    "wait_operation",
+    "wait_task_rescheduled",
+]

@@ -1,0 +1,896 @@
+"""Tasks and the run loop.
+
+Theory of operation
+-------------------
+One :class:`Runner` per loop, one loop per thread, one :class:`~anyio_uring._ring.Ring` per
+runner.  The loop (DESIGN.md section 4)::
+
+    while tasks are alive:
+        run every runnable task once (a batch)
+        timeout = 0 if anything is runnable else the time to the nearest deadline
+        one Ring.wait(timeout): submit queued SQEs, wait, reap every CQE, call the operations'
+            callbacks -- which reschedule the tasks waiting on them
+        fire expired timers (sleeps, cancel-scope deadlines)
+
+Nothing here knows what a socket or a file is.  A task waits only through
+:func:`~anyio_uring._core._traps.wait_task_rescheduled`; whoever owes it a wake-up calls
+:meth:`Runner.reschedule`.  Cross-thread traffic (``run_sync_soon``, worker threads) goes through
+an entry queue whose eventfd the ring watches with a multishot ``POLL_ADD`` (never a private
+futex: see KERNEL-FACTS.md section 4), so the loop's only blocking call stays ``io_uring_enter``.
+
+KeyboardInterrupt: a SIGINT arriving while the loop runs (main thread only) is *delivered to the
+main task* like a cancellation, at its current wait or next checkpoint (trio's delivery, without
+trio's per-frame KI protection: pure-CPU code with no checkpoint is not interrupted, as in
+asyncio).  The loop notices even when blocked in the kernel: ``io_uring_enter`` returns EINTR and
+the signal wake-up fd is watched by the ring.  A second Ctrl+C while the first is still pending
+raises KeyboardInterrupt immediately, wherever the program is.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import heapq
+import itertools
+import math
+import os
+import select
+import signal
+import sys
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import sniffio
+
+from .._errors import UringInternalError
+from .._probe import RingOptions
+from .._ring import Operation, Ring
+from ._clock import Clock, SystemClock
+from ._traps import CHECKPOINT_TRAP, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+
+if TYPE_CHECKING:
+    from ..cancel import CancelStatus
+
+__all__ = [
+    "Cancelled",
+    "Runner",
+    "Task",
+    "checkpoint",
+    "checkpoint_if_cancelled",
+    "current_runner",
+    "current_task",
+    "current_time",
+    "reschedule",
+    "run",
+    "sleep",
+    "sleep_forever",
+    "sleep_until",
+    "wait_all_tasks_blocked",
+]
+
+T = TypeVar("T")
+
+_task_ids = itertools.count(1)
+
+
+class Cancelled(BaseException):
+    """Raised inside a task whose enclosing cancel scope was cancelled.
+
+    Like ``trio.Cancelled`` it derives from ``BaseException`` and must not be swallowed: the cancel
+    scope that caused it catches it on exit.
+    """
+
+    def __str__(self) -> str:
+        return "Cancelled"
+
+
+class _RunContext(threading.local):
+    runner: Runner | None = None
+    task: Task | None = None
+
+
+GLOBAL = _RunContext()
+
+
+def current_runner() -> Runner:
+    runner = GLOBAL.runner
+    if runner is None:
+        raise RuntimeError("must be called from inside anyio_uring.run() (no loop runs in this thread)")
+    return runner
+
+
+def current_task() -> Task:
+    task = GLOBAL.task
+    if task is None:
+        raise RuntimeError("must be called from async context inside anyio_uring.run()")
+    return task
+
+
+def current_time() -> float:
+    """The current time on the running loop's clock."""
+    return current_runner().clock.current_time()
+
+
+# ------------------------------------------------------------------------------------------
+# outcomes
+# ------------------------------------------------------------------------------------------
+
+
+class Error:
+    """An exception to throw into a task when it resumes."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def capture_error(raise_cancel: RaiseCancel) -> Error:
+    try:
+        raise_cancel()
+    except BaseException as exc:
+        return Error(exc)
+
+
+# ------------------------------------------------------------------------------------------
+# tasks
+# ------------------------------------------------------------------------------------------
+
+
+class Task:
+    """A coroutine driven by the runner, with its place in the task and cancellation trees."""
+
+    __slots__ = (
+        "__weakref__",
+        "_abort_fn",
+        "_cancel_points",
+        "_cancel_status",
+        "_child_nurseries",
+        "_eventual_parent_nursery",
+        "_next_arg",
+        "_next_fn",
+        "_parent_nursery",
+        "_runner",
+        "_schedule_points",
+        "context",
+        "coro",
+        "custom_sleep_data",
+        "id",
+        "name",
+        "outcome",
+        "parent",
+    )
+
+    def __init__(
+        self,
+        runner: Runner,
+        coro: Coroutine[Any, Any, Any],
+        name: str,
+        context: contextvars.Context,
+        parent: Task | None,
+        parent_nursery: Any,
+        cancel_status: CancelStatus | None,
+    ) -> None:
+        self._runner = runner
+        self.coro = coro
+        self.name = name
+        self.context = context
+        self.parent = parent
+        self.id = next(_task_ids)
+        self._parent_nursery = parent_nursery
+        self._eventual_parent_nursery: Any = None
+        self._child_nurseries: list[Any] = []
+        self._cancel_status: CancelStatus | None = None
+        self._abort_fn: Callable[[RaiseCancel], Abort] | None = None
+        self._next_fn: Callable[[Any], Any] = coro.send
+        self._next_arg: Any = None
+        self._cancel_points = 0
+        self._schedule_points = 0
+        self.custom_sleep_data: Any = None
+        self.outcome: Error | tuple[Any] | None = None
+        if cancel_status is not None:
+            self._activate_cancel_status(cancel_status)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r} id={self.id}>"
+
+    @property
+    def parent_nursery(self) -> Any:
+        return self._parent_nursery
+
+    @property
+    def child_nurseries(self) -> list[Any]:
+        return list(self._child_nurseries)
+
+    @property
+    def parked(self) -> bool:
+        return self._abort_fn is not None
+
+    def _activate_cancel_status(self, status: CancelStatus | None) -> None:
+        old = self._cancel_status
+        if old is not None:
+            old.tasks.discard(self)
+        self._cancel_status = status
+        if status is not None:
+            status.tasks.add(self)
+            if status.effectively_cancelled:
+                self._attempt_delivery_of_any_pending_cancel()
+
+    def _attempt_abort(self, raise_cancel: RaiseCancel) -> None:
+        abort_fn = self._abort_fn
+        if abort_fn is None:
+            return
+        result = abort_fn(raise_cancel)
+        if type(result) is not Abort:
+            raise UringInternalError(f"abort function must return Abort, not {result!r}")
+        if result is Abort.SUCCEEDED:
+            self._runner.reschedule_error(self, capture_error(raise_cancel))
+
+    def _attempt_delivery_of_any_pending_cancel(self) -> None:
+        if self._abort_fn is None:
+            return
+        status = self._cancel_status
+        if status is None or not status.effectively_cancelled:
+            return
+        self._attempt_abort(_raise_cancelled)
+
+    def _attempt_delivery_of_pending_ki(self) -> None:
+        if self._abort_fn is None:
+            return
+        self._runner.ki_pending = False
+        self._attempt_abort(_raise_ki)
+
+
+def _raise_cancelled() -> NoReturn:
+    raise Cancelled
+
+
+def _raise_ki() -> NoReturn:
+    raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------------------------------
+# timers
+# ------------------------------------------------------------------------------------------
+
+
+class _SleepTimer:
+    __slots__ = ("task",)
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def fire(self) -> None:
+        self.task._runner.reschedule(self.task)
+
+
+# ------------------------------------------------------------------------------------------
+# the runner
+# ------------------------------------------------------------------------------------------
+
+_EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
+
+
+class Runner:
+    """An event loop on one io_uring.  Re-enterable: :meth:`run` runs one main task to
+    completion and returns, keeping the loop (and any parked system tasks) for the next call;
+    :meth:`close` cancels what is left, drains every in-flight operation and closes the ring.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        ring_options: RingOptions | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        if GLOBAL.runner is not None:
+            raise RuntimeError("a loop is already running in this thread (one loop per thread)")
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.ring = Ring(ring_options)
+        self.runq: deque[Task] = deque()
+        self.tasks: set[Task] = set()
+        self.system_tasks: set[Task] = set()
+        self.main_task: Task | None = None
+        self.ki_pending = False
+        self._timers: list[list[Any]] = []
+        self._timer_seq = itertools.count()
+        self._dead_timers = 0
+        self._idle_waiters: list[tuple[float, int, Task]] = []
+        self._closed = False
+        self._running = False
+        self._thread = threading.get_ident()
+        self.entry = EntryQueue(self)
+        self._signal_wakeup: _SignalWakeup | None = None
+        self._install_signal_handlers = install_signal_handlers
+        self._worker_pool: Any = None  # created lazily by _threads
+        self._crash: list[BaseException] = []
+        #: Objects with a ``_loop_closing()`` method, told when the runner closes.
+        self.close_hooks: list[Callable[[], None]] = []
+        self.clock.start_clock()
+
+    def __repr__(self) -> str:
+        return f"<Runner tasks={len(self.tasks)} {self.ring!r}>"
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def reschedule(self, task: Task, value: Any = None) -> None:
+        """Wake a parked task; it resumes with ``value``."""
+        if task._abort_fn is None:
+            raise UringInternalError(f"{task!r} rescheduled but it is not parked")
+        task._abort_fn = None
+        task._next_fn = task.coro.send
+        task._next_arg = value
+        self.runq.append(task)
+
+    def reschedule_error(self, task: Task, error: Error) -> None:
+        """Wake a parked task; it resumes by raising ``error.error``."""
+        if task._abort_fn is None:
+            raise UringInternalError(f"{task!r} rescheduled but it is not parked")
+        task._abort_fn = None
+        task._next_fn = task.coro.throw
+        task._next_arg = error.error
+        self.runq.append(task)
+
+    def spawn(
+        self,
+        async_fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        nursery: Any,
+        name: object = None,
+        *,
+        system: bool = False,
+        context: contextvars.Context | None = None,
+        cancel_status: CancelStatus | None = None,
+    ) -> Task:
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        coro = async_fn(*args)
+        if not isinstance(coro, Coroutine):
+            close = getattr(coro, "close", None)
+            if close is not None:
+                close()
+            raise TypeError(
+                f"{getattr(async_fn, '__qualname__', async_fn)!r} must be an async function "
+                f"returning a coroutine, it returned {type(coro).__qualname__}"
+            )
+        if name is None:
+            name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
+        elif not isinstance(name, str):
+            name = getattr(name, "__qualname__", None) or repr(name)
+        if context is None:
+            context = contextvars.copy_context()
+        if cancel_status is None and nursery is not None:
+            cancel_status = nursery._cancel_status
+        task = Task(self, coro, name, context, GLOBAL.task, nursery, cancel_status)
+        self.tasks.add(task)
+        if system:
+            self.system_tasks.add(task)
+        if nursery is not None:
+            nursery._children.add(task)
+        self.runq.append(task)
+        return task
+
+    def spawn_system_task(
+        self, async_fn: Callable[..., Awaitable[Any]], *args: Any, name: object = None
+    ) -> Task:
+        """A task outside every nursery; it is cancelled when the runner closes.  It must not
+        raise (wrap it): an exception escaping it crashes the loop."""
+        from ..cancel import system_cancel_status
+
+        return self.spawn(
+            async_fn, args, None, name, system=True, cancel_status=system_cancel_status(self)
+        )
+
+    def _task_exited(self, task: Task, outcome: Error | tuple[Any]) -> None:
+        task.outcome = outcome
+        if task._cancel_status is not None:
+            task._activate_cancel_status(None)
+        self.tasks.discard(task)
+        if task is self.main_task:
+            return
+        if task in self.system_tasks:
+            self.system_tasks.discard(task)
+            if isinstance(outcome, Error) and not isinstance(outcome.error, Cancelled):
+                self._crash.append(outcome.error)
+            return
+        nursery = task._parent_nursery
+        if nursery is None:
+            raise UringInternalError(f"{task!r} exited without a parent nursery")
+        nursery._child_finished(task, outcome)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def add_timer(self, deadline: float, target: Any) -> list[Any]:
+        """Call ``target.fire()`` once the clock reaches ``deadline``.  Returns a handle for
+        :meth:`cancel_timer`."""
+        entry = [deadline, next(self._timer_seq), target]
+        heapq.heappush(self._timers, entry)
+        return entry
+
+    def cancel_timer(self, entry: list[Any]) -> None:
+        if entry[2] is not None:
+            entry[2] = None
+            self._dead_timers += 1
+            if self._dead_timers > 64 and self._dead_timers > len(self._timers) // 2:
+                self._timers = [e for e in self._timers if e[2] is not None]
+                heapq.heapify(self._timers)
+                self._dead_timers = 0
+
+    def _next_deadline(self) -> float:
+        timers = self._timers
+        while timers and timers[0][2] is None:
+            heapq.heappop(timers)
+            self._dead_timers -= 1
+        return timers[0][0] if timers else math.inf
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            entry = heapq.heappop(timers)
+            target = entry[2]
+            if target is None:
+                self._dead_timers -= 1
+                continue
+            entry[2] = None
+            target.fire()
+
+    # -- waiting for idleness -----------------------------------------------------------------
+
+    async def wait_all_tasks_blocked(self, cushion: float = 0.0) -> None:
+        task = current_task()
+        key = (cushion, id(task), task)
+        heapq.heappush(self._idle_waiters, key)
+
+        def abort(_: RaiseCancel) -> Abort:
+            self._idle_waiters.remove(key)
+            heapq.heapify(self._idle_waiters)
+            return Abort.SUCCEEDED
+
+        await wait_task_rescheduled(abort)
+
+    def _wake_idle_waiters(self) -> None:
+        waiters = self._idle_waiters
+        cushion = waiters[0][0]
+        while waiters and waiters[0][0] == cushion:
+            _, _, task = heapq.heappop(waiters)
+            self.reschedule(task)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, async_fn: Callable[..., Awaitable[T]], *args: Any, name: object = None) -> T:
+        """Run ``async_fn(*args)`` as the main task until it finishes; return its result."""
+        if self._closed:
+            raise RuntimeError("this runner is closed")
+        if self._running:
+            raise RuntimeError("the runner is already running (runs do not nest)")
+        if threading.get_ident() != self._thread:
+            raise RuntimeError("a runner can only be used by the thread that created it")
+        GLOBAL.runner = self
+        GLOBAL.task = None
+        self._running = True
+        old_sniffio = sniffio.thread_local.name
+        sniffio.thread_local.name = "uring"
+        restore_signals = self._install_signals()
+        try:
+            main = self.spawn(async_fn, args, None, name)
+            self.main_task = main
+            from ..cancel import root_cancel_status
+
+            main._activate_cancel_status(root_cancel_status(main))
+            self._loop(lambda: main.outcome is None)
+            self.main_task = None
+            outcome = main.outcome
+            self._raise_crash()
+            if isinstance(outcome, Error):
+                raise outcome.error
+            assert outcome is not None
+            result: T = outcome[0]
+            return result
+        finally:
+            GLOBAL.task = None
+            self._running = False
+            restore_signals()
+            sniffio.thread_local.name = old_sniffio
+            if not self._closed:
+                GLOBAL.runner = None
+
+    def _raise_crash(self) -> None:
+        if self._crash:
+            errors, self._crash = self._crash, []
+            raise UringInternalError("a system task or run_sync_soon callback raised") from errors[0]
+
+    def _loop(self, keep_going: Callable[[], bool]) -> None:
+        ring = self.ring
+        clock = self.clock
+        g = GLOBAL
+        checkpoint_trap = CHECKPOINT_TRAP
+        while keep_going():
+            batch = self.runq
+            if batch:
+                self.runq = deque()
+                runq = self.runq
+                for task in batch:
+                    g.task = task
+                    try:
+                        yielded = task.context.run(task._next_fn, task._next_arg)
+                    except StopIteration as stop:
+                        g.task = None
+                        self._task_exited(task, (stop.value,))
+                        continue
+                    except BaseException as exc:
+                        g.task = None
+                        self._task_exited(task, Error(exc.with_traceback(exc.__traceback__)))
+                        continue
+                    finally:
+                        task._next_arg = None
+                    g.task = None
+                    if yielded is checkpoint_trap:
+                        task._schedule_points += 1
+                        task._next_fn = task.coro.send
+                        runq.append(task)
+                    elif callable(yielded):
+                        task._abort_fn = yielded
+                        status = task._cancel_status
+                        if status is not None and status.effectively_cancelled:
+                            task._attempt_delivery_of_any_pending_cancel()
+                        elif self.ki_pending and task is self.main_task:
+                            task._attempt_delivery_of_pending_ki()
+                    else:
+                        task._next_fn = task.coro.throw
+                        task._next_arg = TypeError(
+                            f"anyio_uring tasks cannot await {yielded!r}: it belongs to another "
+                            "event loop (asyncio/trio) -- use anyio or anyio_uring primitives"
+                        )
+                        runq.append(task)
+                if not keep_going():
+                    break
+            # how long may we block?
+            wake_idle = do_jump = False
+            if self.runq:
+                timeout: float | None = 0.0
+            else:
+                deadline = self._next_deadline()
+                t = math.inf
+                if deadline != math.inf:
+                    t = max(clock.deadline_to_sleep_time(deadline), 0.0)
+                idle_cushion = self._idle_waiters[0][0] if self._idle_waiters else math.inf
+                autojump = clock.autojump_threshold
+                if idle_cushion <= t and idle_cushion != math.inf:
+                    wake_idle, t = True, idle_cushion
+                elif autojump < t:
+                    do_jump, t = True, autojump
+                timeout = None if t == math.inf else t
+            events = ring.wait(timeout)
+            if self.ki_pending:
+                self._deliver_ki()
+            if self._crash:
+                self._raise_crash()
+            self._fire_timers(clock.current_time())
+            if not events and not self.runq:
+                if wake_idle:
+                    self._wake_idle_waiters()
+                elif do_jump:
+                    self._autojump()
+
+    def _autojump(self) -> None:
+        deadline = self._next_deadline()
+        if deadline == math.inf:
+            return
+        now = self.clock.current_time()
+        if deadline > now and self._io_idle():
+            self.clock.jump(deadline - now)
+            self._fire_timers(self.clock.current_time())
+
+    def _io_idle(self) -> bool:
+        """No operation but the loop's own watchers is in flight and no worker is busy."""
+        busy_threads = self._worker_pool.busy if self._worker_pool is not None else 0
+        return self.ring.inflight <= self.entry.watchers and busy_threads == 0
+
+    def _deliver_ki(self) -> None:
+        main = self.main_task
+        if main is not None and main.outcome is None:
+            main._attempt_delivery_of_pending_ki()
+
+    # -- signals ------------------------------------------------------------------------------
+
+    def _install_signals(self) -> Callable[[], None]:
+        if not self._install_signal_handlers or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        if self._signal_wakeup is None:
+            self._signal_wakeup = _SignalWakeup(self)
+        restore_wakeup = self._signal_wakeup.install()
+        old_handler = signal.getsignal(signal.SIGINT)
+        if old_handler is not signal.default_int_handler:
+            return restore_wakeup
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.ki_pending:
+                raise KeyboardInterrupt  # second Ctrl+C: do not wait for a checkpoint
+            self.ki_pending = True
+
+        signal.signal(signal.SIGINT, handler)
+
+        def restore() -> None:
+            if signal.getsignal(signal.SIGINT) is handler:
+                signal.signal(signal.SIGINT, old_handler)
+            restore_wakeup()
+
+        return restore
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel every remaining task, run them to completion, stop the worker threads, drain
+        every in-flight operation, then close the ring (DESIGN.md invariant 4)."""
+        if self._closed:
+            return
+        if threading.get_ident() != self._thread:
+            raise RuntimeError("a runner must be closed by the thread that created it")
+        GLOBAL.runner = self
+        try:
+            if self.tasks:
+                from ..cancel import cancel_all_tasks
+
+                cancel_all_tasks(self)
+                sniffio_old = sniffio.thread_local.name
+                sniffio.thread_local.name = "uring"
+                try:
+                    self._loop(lambda: bool(self.tasks))
+                finally:
+                    sniffio.thread_local.name = sniffio_old
+            for hook in self.close_hooks:
+                hook()
+            if self._worker_pool is not None:
+                self._worker_pool.shutdown(self)
+            self.entry.close()
+            if self._signal_wakeup is not None:
+                self._signal_wakeup.close()
+            self.ring.close()
+        finally:
+            self._closed = True
+            GLOBAL.runner = None
+            GLOBAL.task = None
+        self._raise_crash()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------
+# cross-thread entry
+# ------------------------------------------------------------------------------------------
+
+
+class EntryQueue:
+    """Callbacks queued from any thread, run on the loop's thread between task batches.
+
+    Woken through an eventfd watched by a multishot ``POLL_ADD`` (each write posts a CQE, so the
+    counter never needs draining), or a re-armed single-shot poll on kernels without multishot.
+    """
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.queue: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
+        self.fd = os.eventfd(0, _EFD_FLAGS)
+        self._woken = False
+        self._closed = False
+        self._multishot = runner.ring.support.multishot_poll
+        self.watchers = 0
+        self._op: Operation | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        op = self.runner.ring.poll_add(self.fd, select.POLLIN, multishot=self._multishot)
+        op.on_more = self._on_cqe
+        op.callback = self._on_final
+        self._op = op
+        self.watchers += 1
+
+    def _on_cqe(self, op: Operation, res: int, flags: int) -> None:
+        self._drain()
+
+    def _on_final(self, op: Operation) -> None:
+        self.watchers -= 1
+        self._op = None
+        if not self._multishot or (op.result is not None and op.result >= 0):
+            try:
+                os.eventfd_read(self.fd)
+            except (BlockingIOError, OSError):
+                pass
+        self._drain()
+        if not self._closed:
+            self._arm()  # a multishot can end on CQ overflow: re-arm whenever F_MORE is absent
+
+    def _drain(self) -> None:
+        self._woken = False
+        queue = self.queue
+        while queue:
+            fn, args = queue.popleft()
+            try:
+                fn(*args)
+            except BaseException as exc:
+                self.runner._crash.append(exc)
+
+    def run_sync_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Schedule ``fn(*args)`` on the loop thread.  Thread-safe and signal-safe enough."""
+        if self._closed:
+            raise RuntimeError("the loop is closed")
+        self.queue.append((fn, args))
+        if not self._woken:
+            self._woken = True
+            try:
+                os.eventfd_write(self.fd, 1)
+            except BlockingIOError:  # counter saturated: a wake-up is pending anyway
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._drain()
+        op = self._op
+        if op is not None and not op.done:
+            op.cancel()
+            while not op.done:
+                self.runner.ring.wait(timeout=1.0)
+        self._drain()
+        os.close(self.fd)
+
+
+class _SignalWakeup:
+    """A pipe installed with ``signal.set_wakeup_fd`` and watched by the ring, so a signal
+    arriving just before ``io_uring_enter`` still wakes the loop.  Received signal numbers are
+    handed to ``listeners`` (used by ``open_signal_receiver``)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.listeners: list[Callable[[int], None]] = []
+        self._op: Operation | None = None
+        self._closed = False
+
+    def install(self) -> Callable[[], None]:
+        old = signal.set_wakeup_fd(self.wfd, warn_on_full_buffer=False)
+        if self._op is None:
+            self._arm()
+
+        def restore() -> None:
+            signal.set_wakeup_fd(old)
+
+        return restore
+
+    def _arm(self) -> None:
+        op = self.runner.ring.poll_add(self.rfd, select.POLLIN, multishot=False)
+        op.callback = self._on_ready
+        self._op = op
+        self.runner.entry.watchers += 1
+
+    def _on_ready(self, op: Operation) -> None:
+        self.runner.entry.watchers -= 1
+        self._op = None
+        try:
+            data = os.read(self.rfd, 4096)
+        except BlockingIOError:
+            data = b""
+        for signum in data:
+            for listener in list(self.listeners):
+                listener(signum)
+        if not self._closed:
+            self._arm()
+
+    def close(self) -> None:
+        self._closed = True
+        op = self._op
+        if op is not None and not op.done:
+            op.cancel()
+            while not op.done:
+                self.runner.ring.wait(timeout=1.0)
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
+# ------------------------------------------------------------------------------------------
+# task-level primitives
+# ------------------------------------------------------------------------------------------
+
+
+def reschedule(task: Task, value: Any = None) -> None:
+    task._runner.reschedule(task, value)
+
+
+async def checkpoint() -> None:
+    """A schedule point and a cancel point."""
+    await cancel_shielded_checkpoint()
+    task = GLOBAL.task
+    assert task is not None
+    task._cancel_points += 1
+    status = task._cancel_status
+    if status is not None and status.effectively_cancelled:
+        raise Cancelled
+    runner = task._runner
+    if runner.ki_pending and task is runner.main_task:
+        runner.ki_pending = False
+        raise KeyboardInterrupt
+
+
+async def checkpoint_if_cancelled() -> None:
+    """A cancel point, and a schedule point only if cancelled."""
+    task = current_task()
+    status = task._cancel_status
+    runner = task._runner
+    if (status is not None and status.effectively_cancelled) or (
+        runner.ki_pending and task is runner.main_task
+    ):
+        await checkpoint()
+        raise UringInternalError("checkpoint did not raise")  # pragma: no cover
+    task._cancel_points += 1
+
+
+async def sleep_forever() -> NoReturn:
+    """Park until cancelled."""
+    await wait_task_rescheduled(lambda _: Abort.SUCCEEDED)
+    raise UringInternalError("sleep_forever woke up")  # pragma: no cover
+
+
+async def sleep_until(deadline: float) -> None:
+    """Sleep until the clock reaches ``deadline`` (a cancel point either way)."""
+    if math.isnan(deadline):
+        raise ValueError("deadline must not be NaN")
+    task = current_task()
+    runner = task._runner
+    if deadline <= runner.clock.current_time():
+        await checkpoint()
+        return
+    if deadline == math.inf:
+        await sleep_forever()
+    entry = runner.add_timer(deadline, _SleepTimer(task))
+
+    def abort(_: RaiseCancel) -> Abort:
+        runner.cancel_timer(entry)
+        return Abort.SUCCEEDED
+
+    await wait_task_rescheduled(abort)
+
+
+async def sleep(seconds: float) -> None:
+    """Sleep ``seconds`` (0: just a checkpoint)."""
+    if seconds < 0:
+        raise ValueError("sleep length must be non-negative")
+    if math.isnan(seconds):
+        raise ValueError("sleep length must not be NaN")
+    if seconds == 0:
+        await checkpoint()
+        return
+    await sleep_until(current_runner().clock.current_time() + seconds)
+
+
+async def wait_all_tasks_blocked(cushion: float = 0.0) -> None:
+    """Return once every other task is blocked and the loop would sleep for ``cushion``."""
+    await current_runner().wait_all_tasks_blocked(cushion)
+
+
+def run(
+    async_fn: Callable[..., Awaitable[T]],
+    *args: Any,
+    clock: Clock | None = None,
+    ring_options: RingOptions | None = None,
+    install_signal_handlers: bool = True,
+) -> T:
+    """Run ``async_fn(*args)`` on a new io_uring loop and return its result.
+
+    Returns only once every task, operation and worker thread the run started has finished.
+    """
+    runner = Runner(clock=clock, ring_options=ring_options, install_signal_handlers=install_signal_handlers)
+    try:
+        result = runner.run(async_fn, *args)
+    except BaseException:
+        try:
+            runner.close()
+        except BaseException as close_exc:  # pragma: no cover - report both
+            sys.stderr.write(f"anyio_uring: error while closing the loop: {close_exc!r}\n")
+        raise
+    runner.close()
+    return result

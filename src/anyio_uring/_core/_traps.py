@@ -1,0 +1,55 @@
+"""The only functions that ever yield back to the run loop.
+
+Everything that waits -- sleeping, an io_uring operation, a lock, a thread -- goes through
+:func:`wait_task_rescheduled`: the task parks with an *abort callback* and stays parked until
+somebody calls ``Runner.reschedule(task, ...)``.  When a cancellation reaches a parked task, the
+runner calls ``abort_fn(raise_cancel)``:
+
+* ``Abort.SUCCEEDED``: the wait is undone; the runner reschedules the task with the
+  cancellation (``raise_cancel`` is called to produce it);
+* ``Abort.FAILED``: the wait cannot be undone yet; the task stays parked and whoever owes the
+  reschedule still delivers it (with a result, or by calling ``raise_cancel`` itself).
+
+This is the same contract as trio's ``wait_task_rescheduled``, so code written against it can
+run on either scheduler.
+"""
+
+from __future__ import annotations
+
+import enum
+import types
+from collections.abc import Callable, Generator
+from typing import Any, NoReturn
+
+__all__ = ["Abort", "RaiseCancel", "cancel_shielded_checkpoint", "wait_task_rescheduled"]
+
+RaiseCancel = Callable[[], NoReturn]
+
+
+class Abort(enum.Enum):
+    """What an abort callback reports."""
+
+    SUCCEEDED = 1
+    FAILED = 2
+
+
+class _CheckpointTrap:
+    """Yielded for a schedule point: reschedule me at once, no cancellation check."""
+
+    __slots__ = ()
+
+
+CHECKPOINT_TRAP = _CheckpointTrap()
+
+
+@types.coroutine
+def cancel_shielded_checkpoint() -> Generator[Any, Any, None]:
+    """A schedule point that is never a cancel point."""
+    yield CHECKPOINT_TRAP
+
+
+@types.coroutine
+def wait_task_rescheduled(abort_fn: Callable[[RaiseCancel], Abort]) -> Generator[Any, Any, Any]:
+    """Park the current task until it is rescheduled; return the value it is rescheduled with
+    (or raise the exception it is rescheduled with)."""
+    return (yield abort_fn)
