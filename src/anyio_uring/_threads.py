@@ -1,0 +1,312 @@
+"""Worker threads (``to_thread_run_sync``) and entry from other threads (``from_thread_*``).
+
+A :class:`WorkerPool` per runner keeps idle threads for ``idle_timeout`` seconds, so a burst of
+hand-offs reuses threads and an idle program keeps none.  A job's result travels back through the
+runner's entry queue (an eventfd CQE), and the waiting task is rescheduled with it.
+
+Cancellation: with ``abandon_on_cancel=False`` (the default) a cancelled task keeps waiting for
+its thread -- the thread cannot be interrupted -- gets the result and sees the cancellation at its
+next checkpoint.  With ``abandon_on_cancel=True`` the task raises at once; the thread runs on,
+keeps its limiter token until it finishes, and its result is dropped.  Either way ``run()``
+returns only after every worker thread has finished (DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from ._core._run import GLOBAL, Error, Runner, Task, checkpoint_if_cancelled, current_runner, current_task
+from ._core._traps import Abort, RaiseCancel, wait_task_rescheduled
+from ._sync import CapacityLimiter
+
+__all__ = [
+    "WorkerPool",
+    "current_default_thread_limiter",
+    "from_thread_check_cancelled",
+    "from_thread_run",
+    "from_thread_run_sync",
+    "to_thread_run_sync",
+]
+
+T = TypeVar("T")
+
+DEFAULT_THREAD_LIMIT = 40
+IDLE_TIMEOUT = 10.0
+
+
+class _WorkerLocal(threading.local):
+    runner: Runner | None = None
+    task: Task | None = None
+    job: _Job | None = None
+
+
+#: What a worker thread knows about the loop that started its current job.
+worker_local = _WorkerLocal()
+
+
+class _Job:
+    __slots__ = ("abandoned", "args", "cancelled", "context", "deliver", "fn", "runner", "task")
+
+    def __init__(
+        self,
+        runner: Runner,
+        task: Task | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        context: contextvars.Context,
+        deliver: Callable[[Any], None],
+    ) -> None:
+        self.runner = runner
+        self.task = task
+        self.fn = fn
+        self.args = args
+        self.context = context
+        self.deliver = deliver
+        self.abandoned = False
+        self.cancelled = False
+
+
+class _Worker:
+    __slots__ = ("_job", "_wake", "pool", "thread")
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self._wake = threading.Semaphore(0)
+        self._job: _Job | None = None
+        self.thread = threading.Thread(target=self._main, name="anyio_uring worker", daemon=True)
+        self.thread.start()
+
+    def assign(self, job: _Job | None) -> None:
+        self._job = job
+        self._wake.release()
+
+    def _main(self) -> None:
+        pool = self.pool
+        while True:
+            if not self._wake.acquire(timeout=pool.idle_timeout):
+                with pool.lock:
+                    if self in pool.idle:  # still idle: expire
+                        pool.idle.remove(self)
+                        pool.all.discard(self)
+                        return
+                continue  # being assigned right now
+            job, self._job = self._job, None
+            if job is None:
+                return  # shutdown
+            worker_local.runner = job.runner
+            worker_local.task = job.task
+            worker_local.job = job
+            try:
+                result: Any = (job.context.run(job.fn, *job.args),)
+            except BaseException as exc:
+                result = Error(exc)
+            finally:
+                worker_local.runner = worker_local.task = worker_local.job = None
+            with pool.lock:
+                pool.idle.append(self)
+            try:
+                job.runner.entry.run_sync_soon(job.deliver, result)
+            except RuntimeError:  # the loop closed meanwhile (cannot happen before shutdown joins us)
+                pass
+            del job, result
+
+
+class WorkerPool:
+    """The runner's worker threads."""
+
+    def __init__(self, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.idle_timeout = idle_timeout
+        self.lock = threading.Lock()
+        self.idle: list[_Worker] = []
+        self.all: set[_Worker] = set()
+        self.busy = 0
+
+    def submit(self, job: _Job) -> None:
+        with self.lock:
+            worker = self.idle.pop() if self.idle else None
+        if worker is None:
+            worker = _Worker(self)
+            with self.lock:
+                self.all.add(worker)
+        self.busy += 1
+        worker.assign(job)
+
+    def shutdown(self, runner: Runner) -> None:
+        """Stop every worker and join them all (busy ones finish their job first)."""
+        while True:
+            with self.lock:
+                workers = list(self.all)
+                self.all.clear()
+                idle = set(self.idle)
+                self.idle.clear()
+            if not workers:
+                return
+            for worker in workers:
+                if worker in idle:
+                    worker.assign(None)
+            for worker in workers:
+                if worker not in idle:
+                    # A busy worker posts its result to the entry queue, then idles: deliver it.
+                    while worker.thread.is_alive():
+                        runner.ring.wait(timeout=0.05)
+                        with self.lock:
+                            if worker in self.idle:
+                                self.idle.remove(worker)
+                                worker.assign(None)
+                worker.thread.join()
+
+
+def _pool(runner: Runner) -> WorkerPool:
+    pool: WorkerPool | None = runner._worker_pool
+    if pool is None:
+        pool = runner._worker_pool = WorkerPool()
+    return pool
+
+
+def current_default_thread_limiter() -> CapacityLimiter:
+    """The loop's default limiter for worker threads (40 tokens)."""
+    runner = current_runner()
+    limiter: CapacityLimiter | None = getattr(runner, "_default_limiter", None)
+    if limiter is None:
+        limiter = CapacityLimiter(DEFAULT_THREAD_LIMIT)
+        runner._default_limiter = limiter  # type: ignore[attr-defined]
+    return limiter
+
+
+async def to_thread_run_sync(
+    fn: Callable[..., T],
+    *args: Any,
+    abandon_on_cancel: bool = False,
+    limiter: CapacityLimiter | None = None,
+) -> T:
+    """Run ``fn(*args)`` in a worker thread (in a copy of the current context) and return its
+    result."""
+    await checkpoint_if_cancelled()
+    task = current_task()
+    runner = task._runner
+    if limiter is None:
+        limiter = current_default_thread_limiter()
+    borrower = object()
+    await limiter.acquire_on_behalf_of(borrower)
+    job: _Job
+
+    def deliver(result: Any) -> None:
+        runner._worker_pool.busy -= 1
+        limiter.release_on_behalf_of(borrower)
+        if not job.abandoned:
+            runner.reschedule(task, result)
+
+    job = _Job(runner, task, fn, args, contextvars.copy_context(), deliver)
+
+    def abort(raise_cancel: RaiseCancel) -> Abort:
+        job.cancelled = True
+        if abandon_on_cancel:
+            job.abandoned = True
+            return Abort.SUCCEEDED
+        return Abort.FAILED
+
+    try:
+        _pool(runner).submit(job)
+    except BaseException:
+        limiter.release_on_behalf_of(borrower)
+        raise
+    result = await wait_task_rescheduled(abort)
+    if isinstance(result, Error):
+        try:
+            raise result.error
+        finally:
+            del result
+    value: T = result[0]
+    return value
+
+
+def _loop_runner_for_this_thread() -> Runner:
+    runner = worker_local.runner
+    if runner is None:
+        raise RuntimeError(
+            "this thread was not started by anyio_uring's to_thread_run_sync; pass the loop's token"
+        )
+    return runner
+
+
+def _check_not_loop_thread(runner: Runner) -> None:
+    if GLOBAL.runner is runner:
+        raise RuntimeError("this function must not be called from the event loop's own thread")
+
+
+def from_thread_run_sync(fn: Callable[..., T], *args: Any, runner: Runner | None = None) -> T:
+    """From another thread: run ``fn(*args)`` on the loop thread and return its result."""
+    runner = runner or _loop_runner_for_this_thread()
+    _check_not_loop_thread(runner)
+    done = threading.Event()
+    box: list[Any] = []
+
+    def call() -> None:
+        try:
+            box.append((fn(*args),))
+        except BaseException as exc:
+            box.append(Error(exc))
+        finally:
+            done.set()
+
+    runner.entry.run_sync_soon(call)
+    done.wait()
+    return _unbox(box[0])
+
+
+def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner | None = None) -> T:
+    """From another thread: run ``await fn(*args)`` in a new system task and return its result."""
+    runner = runner or _loop_runner_for_this_thread()
+    _check_not_loop_thread(runner)
+    done = threading.Event()
+    box: list[Any] = []
+    context = contextvars.copy_context()
+
+    async def wrapper() -> None:
+        try:
+            box.append((await fn(*args),))
+        except BaseException as exc:
+            box.append(Error(exc))
+        finally:
+            done.set()
+
+    def spawn() -> None:
+        try:
+            runner.spawn(wrapper, (), None, fn, system=True, context=context, cancel_status=_system(runner))
+        except BaseException as exc:
+            box.append(Error(exc))
+            done.set()
+
+    runner.entry.run_sync_soon(spawn)
+    done.wait()
+    return _unbox(box[0])
+
+
+def _system(runner: Runner) -> Any:
+    from .cancel import system_cancel_status
+
+    return system_cancel_status(runner)
+
+
+def from_thread_check_cancelled() -> None:
+    """In a worker thread: raise the loop's Cancelled if the task that started this thread has
+    been cancelled (its wait has been aborted)."""
+    from ._core._run import Cancelled
+
+    job = worker_local.job
+    if job is None:
+        raise RuntimeError("from_thread_check_cancelled must be called from a worker thread")
+    if job.cancelled:
+        raise Cancelled
+
+
+def _unbox(item: Any) -> Any:
+    if isinstance(item, Error):
+        try:
+            raise item.error
+        finally:
+            del item
+    return item[0]
