@@ -43,7 +43,7 @@ class ParkingLot:
 
     def unpark(self, count: float = 1, value: Any = None) -> list[Task]:
         """Wake up to ``count`` tasks, oldest first."""
-        woken = []
+        woken: list[Task] = []
         while self._parked and len(woken) < count:
             task, _ = self._parked.popitem(last=False)
             task._runner.reschedule(task, value)
@@ -155,7 +155,9 @@ class Semaphore:
 
     __slots__ = ("_fast", "_lot", "_max", "_value")
 
-    def __init__(self, initial_value: int, *, max_value: int | None = None, fast_acquire: bool = False) -> None:
+    def __init__(
+        self, initial_value: int, *, max_value: int | None = None, fast_acquire: bool = False
+    ) -> None:
         if not isinstance(initial_value, int):
             raise TypeError("initial_value must be an int")
         if initial_value < 0:

@@ -209,7 +209,8 @@ class NurseryManager:
         self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
         nursery, scope = self._nursery, self._scope
-        assert nursery is not None and scope is not None
+        assert nursery is not None
+        assert scope is not None
         new_exc = await nursery._nested_child_finished(exc)
         combined = scope._close(new_exc)
         if combined is None:

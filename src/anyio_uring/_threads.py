@@ -254,7 +254,8 @@ def from_thread_run_sync(fn: Callable[..., T], *args: Any, runner: Runner | None
 
     runner.entry.run_sync_soon(call)
     done.wait()
-    return _unbox(box[0])
+    result: T = _unbox(box[0])
+    return result
 
 
 def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner | None = None) -> T:
@@ -282,7 +283,8 @@ def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner 
 
     runner.entry.run_sync_soon(spawn)
     done.wait()
-    return _unbox(box[0])
+    result: T = _unbox(box[0])
+    return result
 
 
 def _system(runner: Runner) -> Any:

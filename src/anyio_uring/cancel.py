@@ -35,13 +35,12 @@ from ._core._run import (
     Cancelled,
     Runner,
     Task,
-    current_runner,
     current_task,
 )
 from ._core._traps import Abort, RaiseCancel, wait_task_rescheduled
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from ._ring import Operation
 
@@ -159,7 +158,7 @@ class CancelScope:
             raise ValueError("relative deadline must not be NaN")
         if relative_deadline < 0:
             raise ValueError("timeout must be non-negative")
-        if relative_deadline != math.inf and deadline != math.inf:
+        if math.inf not in (relative_deadline, deadline):
             raise ValueError("Cannot specify both a deadline and a relative deadline")
         if not isinstance(shield, bool):
             raise TypeError("shield must be a bool")
@@ -217,7 +216,9 @@ class CancelScope:
     def _close(self, exc: BaseException | None) -> BaseException | None:
         status = self._cancel_status
         if status is None:
-            err = RuntimeError(f"Cancel scope stack corrupted: attempted to exit {self!r} which had already been exited")
+            err = RuntimeError(
+                f"Cancel scope stack corrupted: attempted to exit {self!r} which had already been exited"
+            )
             err.__context__ = exc
             return err
         task = current_task()
@@ -240,9 +241,10 @@ class CancelScope:
                 task._activate_cancel_status(status.parent)
         else:
             task._activate_cancel_status(status.parent)
-        if (
-            exc is not None and status.effectively_cancelled and not status.parent_cancellation_is_visible_to_us
-        ) or (task._cancel_status is not status and status.abandoned_by_misnesting):
+        caused_here = status.effectively_cancelled and not status.parent_cancellation_is_visible_to_us
+        if (exc is not None and caused_here) or (
+            task._cancel_status is not status and status.abandoned_by_misnesting
+        ):
             if isinstance(exc, Cancelled):
                 self.cancelled_caught = True
                 exc = None

@@ -379,9 +379,7 @@ class Runner:
         raise (wrap it): an exception escaping it crashes the loop."""
         from ..cancel import system_cancel_status
 
-        return self.spawn(
-            async_fn, args, None, name, system=True, cancel_status=system_cancel_status(self)
-        )
+        return self.spawn(async_fn, args, None, name, system=True, cancel_status=system_cancel_status(self))
 
     def _task_exited(self, task: Task, outcome: Error | tuple[Any]) -> None:
         task.outcome = outcome
