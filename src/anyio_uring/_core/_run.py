@@ -238,16 +238,20 @@ class Task:
     def _attempt_delivery_of_pending_ki(self) -> None:
         if self._abort_fn is None:
             return
-        self._runner.ki_pending = False
-        self._attempt_abort(_raise_ki)
+        runner = self._runner
+
+        def raise_ki() -> NoReturn:
+            # Cleared only when the interrupt is really raised: an abort that answers FAILED
+            # (an operation that then completes with data) leaves it pending for the next
+            # checkpoint instead of losing it.
+            runner.ki_pending = False
+            raise KeyboardInterrupt
+
+        self._attempt_abort(raise_ki)
 
 
 def _raise_cancelled() -> NoReturn:
     raise Cancelled
-
-
-def _raise_ki() -> NoReturn:
-    raise KeyboardInterrupt
 
 
 # ------------------------------------------------------------------------------------------
@@ -640,6 +644,7 @@ class Runner:
                     sniffio.thread_local.name = sniffio_old
             for hook in self.close_hooks:
                 hook()
+            self._abandon_orphan_operations()
             if self._worker_pool is not None:
                 self._worker_pool.shutdown(self)
             self.entry.close()
@@ -651,6 +656,14 @@ class Runner:
             GLOBAL.runner = None
             GLOBAL.task = None
         self._raise_crash()
+
+    def _abandon_orphan_operations(self) -> None:
+        """No task is left, so an operation nobody waits for will never be taken.  Mark it
+        abandoned *before* the loop's own watchers drain (their waits reap CQEs too): an fd
+        it returns -- an accept completing during shutdown -- is then closed, not leaked."""
+        for op in list(self.ring._ops.values()):
+            if op.callback is None and op.on_more is None:
+                op.abandon()
 
     def __enter__(self) -> Runner:
         return self
