@@ -64,6 +64,7 @@ _SETUP_FEATURES: Final[dict[str, int]] = {
     "no_sqarray": lib.AUR_SF_NO_SQARRAY,
     "registered_fd": lib.AUR_ALLOW_REGISTERED_FD,
     "ext_arg": lib.AUR_ALLOW_EXT_ARG,
+    "cqe_skip": lib.AUR_ALLOW_CQE_SKIP,
 }
 _FEAT_CQE_SKIP = 1 << 11
 _FEAT_RECVSEND_BUNDLE = 1 << 14

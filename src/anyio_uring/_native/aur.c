@@ -282,6 +282,7 @@ int aur_setup(aur_ring *r, uint32_t entries, uint32_t cq_entries, uint32_t allow
     r->sq_entries = p.sq_entries;
     r->cq_entries = p.cq_entries;
     r->use_ext_arg = (allow & AUR_ALLOW_EXT_ARG) && (p.features & AUR_FEAT_EXT_ARG);
+    r->use_cqe_skip = (allow & AUR_ALLOW_CQE_SKIP) && (p.features & AUR_FEAT_CQE_SKIP);
     r->timeout_pending = 0;
     int err = map_rings(r, &p);
     if (err < 0) {
@@ -397,7 +398,7 @@ int aur_withdraw(aur_ring *r, int64_t slot, uint64_t user_data)
     memset(sqe, 0, sizeof(*sqe));
     sqe->opcode = AUR_OP_NOP;
     sqe->user_data = AUR_UD_WITHDRAWN;
-    if (r->features & AUR_FEAT_CQE_SKIP)
+    if (r->use_cqe_skip)
         sqe->flags = AUR_IOSQE_CQE_SKIP_SUCCESS;
     return 1;
 }

@@ -27,6 +27,7 @@ typedef struct aur_ring {
     uint32_t cq_entries;
     uint32_t use_ext_arg;      /* 1: waits use EXT_ARG timeouts; 0: a TIMEOUT SQE per wait */
     uint32_t use_registered_fd;/* 1: enter goes through a registered ring index */
+    uint32_t use_cqe_skip;     /* 1: withdrawn SQEs become NOPs with CQE_SKIP_SUCCESS (no CQE) */
     int32_t forked;            /* set in a fork child: the ring belongs to the parent */
     int32_t closed;
     uint32_t more;             /* the last aur_wait stopped because `out` was full */
@@ -105,6 +106,7 @@ typedef struct aur_pbuf {
 /* pseudo-flags in `allow` for features that are not setup flags */
 #define AUR_ALLOW_EXT_ARG 0x40000000
 #define AUR_ALLOW_REGISTERED_FD 0x20000000
+#define AUR_ALLOW_CQE_SKIP 0x10000000
 
 /* cqe->flags */
 #define AUR_CQE_F_BUFFER 1
