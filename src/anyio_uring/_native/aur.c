@@ -607,15 +607,17 @@ static uint32_t copy_cqes(aur_ring *r, aur_cqe *out, uint32_t max)
 }
 
 /* Without EXT_ARG, a wait with a timeout is bounded by an absolute TIMEOUT SQE that also
- * completes as soon as any other CQE is posted (count = 1), so at most one is usually pending. */
-static int arm_fallback_timeout(aur_ring *r, int64_t timeout_ns, struct aur_kernel_timespec *ts)
+ * completes as soon as any other CQE is posted (count = 1), so at most one is usually pending.
+ * Its timespec is kept in the ring: the kernel reads it when it consumes the SQE, which is not
+ * necessarily during this aur_wait (an enter can fail with -EBUSY/-EAGAIN before submitting). */
+static int arm_fallback_timeout(aur_ring *r, int64_t timeout_ns)
 {
     int64_t deadline = aur_now_ns() + timeout_ns;
     if (r->timeout_pending && r->timeout_deadline_ns <= deadline)
         return 0;
-    ts->tv_sec = deadline / 1000000000LL;
-    ts->tv_nsec = deadline % 1000000000LL;
-    int64_t slot = aur_prep_timeout(r, AUR_UD_TIMEOUT, 0, ts, 1, AUR_TIMEOUT_ABS);
+    r->timeout_ts[0] = deadline / 1000000000LL;
+    r->timeout_ts[1] = deadline % 1000000000LL;
+    int64_t slot = aur_prep_timeout(r, AUR_UD_TIMEOUT, 0, r->timeout_ts, 1, AUR_TIMEOUT_ABS);
     if (slot < 0)
         return (int)slot;
     r->timeout_pending = 1;
@@ -649,7 +651,7 @@ int aur_wait(aur_ring *r, uint32_t wait_nr, int64_t timeout_ns, aur_cqe *out, ui
                 argsz = sizeof(ga);
                 flags |= AUR_ENTER_EXT_ARG;
             } else {
-                int err = arm_fallback_timeout(r, timeout_ns, &ts);
+                int err = arm_fallback_timeout(r, timeout_ns);
                 if (err < 0)
                     return n ? (int)n : err;
             }

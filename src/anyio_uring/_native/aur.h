@@ -56,6 +56,7 @@ typedef struct aur_ring {
     uint32_t *cq_ktail;
     void *cqes;
     int64_t timeout_deadline_ns; /* absolute CLOCK_MONOTONIC deadline of the pending fallback timeout */
+    int64_t timeout_ts[2];       /* its timespec: lives here, not on a stack, until the kernel reads it */
     int32_t timeout_pending;
     int32_t pad0;
     struct aur_ring *fork_next;
