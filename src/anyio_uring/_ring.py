@@ -179,7 +179,9 @@ class Operation:
         return res
 
     def abandon(self) -> None:
-        """Nobody will consume this operation's result: fds it returns are closed."""
+        """Nobody will consume this operation's result: fds it returns are closed (once)."""
+        if self.abandoned:
+            return  # an fd was (or will be) closed already; its number may belong to a new file
         self.abandoned = True
         self.callback = None
         self.on_more = None
