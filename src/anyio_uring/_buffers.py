@@ -61,7 +61,7 @@ class ProvidedBufferRing:
             raise ValueError("the completion carries no provided buffer (IORING_CQE_F_BUFFER unset)")
         bid = flags >> lib.AUR_CQE_BUFFER_SHIFT
         self._check_bid(bid, res)
-        data = ffi.buffer(self._mem + bid * self.size, res)[:]
+        data = bytes(ffi.buffer(self._mem + bid * self.size, res))
         self.recycle(bid)
         return data
 

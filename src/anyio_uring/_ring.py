@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
-from ._msghdr import MsgHdr
 from ._errors import ForkedRingError, RingClosedError, UringInternalError
+from ._msghdr import MsgHdr
 from ._native import ffi, lib
 from ._probe import OPCODE_NAMES, KernelSupport, RingOptions, unavailable_error
 
@@ -497,7 +497,12 @@ class Ring:
         return self._queue(OP_SOCKET, lib.aur_prep_socket, args, returns_fd=True)
 
     def openat(
-        self, dirfd: int, path: str | bytes | os.PathLike[Any], flags: int, mode: int = 0o666, sqe_flags: int = 0
+        self,
+        dirfd: int,
+        path: str | bytes | os.PathLike[Any],
+        flags: int,
+        mode: int = 0o666,
+        sqe_flags: int = 0,
     ) -> Operation:
         pin = _path_pin(path)
         args = (sqe_flags, dirfd, pin, flags, mode)
@@ -622,7 +627,9 @@ class Ring:
         Call it *before* closing ``fd``: afterwards the kernel cannot resolve the number.  The
         operations' states do not change here; their final CQEs arrive as usual.
         """
-        self._queue_internal(lib.aur_prep_cancel, (0, 0, _check_fd(fd), lib.AUR_CANCEL_FD | lib.AUR_CANCEL_ALL))
+        self._queue_internal(
+            lib.aur_prep_cancel, (0, 0, _check_fd(fd), lib.AUR_CANCEL_FD | lib.AUR_CANCEL_ALL)
+        )
 
     def _queue_internal(self, prep: Callable[..., int], args: tuple[Any, ...]) -> None:
         self._check_usable()
@@ -640,7 +647,7 @@ class Ring:
         rc = lib.aur_submit(self._c)
         if rc < 0 and rc not in (-errno.EBUSY, -errno.EAGAIN, -errno.EINTR):
             raise OSError(-rc, f"io_uring_enter failed: {os.strerror(-rc)}")
-        return max(rc, 0)
+        return max(int(rc), 0)
 
     def wait(self, timeout: float | None = None, min_complete: int = 1) -> int:
         """Submit everything queued, wait for ``min_complete`` completions or ``timeout`` seconds
