@@ -1,0 +1,302 @@
+"""Subprocesses: spawned with :class:`subprocess.Popen`, waited for on the ring.
+
+Theory of operation
+-------------------
+Spawning is ``subprocess.Popen`` (vfork/posix_spawn + exec, synchronous like asyncio's loop does
+it; the child never touches the ring: its fds are ``O_CLOEXEC``).  Pipes requested with
+``subprocess.PIPE`` are made here (``pipe2(O_CLOEXEC)``), the child's ends handed to Popen as
+plain fds and closed in the parent after the spawn; the parent's ends become
+:mod:`~anyio_uring._pipes` streams.
+
+Waiting for exit never consumes the exit status in the kernel: the ring operation only *observes*
+the exit, and reaping is a synchronous ``waitpid(pid, WNOHANG)`` in one place
+(:meth:`Process._reap`), which records the return code (and tells Popen) in the same step:
+
+* ``IORING_OP_WAITID`` with ``WEXITED | WNOWAIT`` (``P_PID``) where the ring supports it.  Plain
+  ``WAITID`` would reap in the kernel (KERNEL-FACTS.md section 4), and then a cancelled wait whose
+  CQE carried the status, a second concurrent ``wait()``, or a ``returncode`` poll racing with the
+  CQE could each lose or misreport the status.  ``WNOWAIT`` makes every one of those cases
+  trivial: any number of waits may be in flight, a cancelled one loses nothing, the zombie stays
+  until ``_reap``.
+* else ``POLL_ADD`` on a pidfd (``pidfd_open``: readable once the child has exited), then reap;
+* else (no pidfd: Linux < 5.3 or a sandbox) a sleep-and-poll loop with back-off.
+
+Until the child is reaped its pid cannot be reused, so ``os.kill(pid, ...)`` is always aimed at
+our child; after reaping, signalling raises ``ProcessLookupError`` (asyncio's behaviour).
+Popen's own ``poll()``/``wait()`` are never called: they would reap behind our back.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, Any, Final, TypeAlias
+
+from anyio.abc import ByteReceiveStream, ByteSendStream
+from anyio.abc import Process as AbstractProcess
+
+from ._core._run import checkpoint, current_runner, sleep
+from ._pipes import PipeReceiveStream, PipeSendStream
+from .cancel import CancelScope, wait_operation
+
+__all__ = ["Process", "open_process"]
+
+StrOrBytesPath: TypeAlias = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+#: Back-off bounds (seconds) of the last-resort polling wait (no WAITID, no pidfd).
+_POLL_MIN: Final = 0.001
+_POLL_MAX: Final = 0.1
+
+
+class Process(AbstractProcess):
+    """A child process (:class:`anyio.abc.Process`) whose exit is awaited on the ring."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stdin: PipeSendStream | None,
+        stdout: PipeReceiveStream | None,
+        stderr: PipeReceiveStream | None,
+    ) -> None:
+        self._popen = popen
+        self._pid = popen.pid
+        self._stdin = stdin
+        self._stdout = stdout
+        self._stderr = stderr
+        self._returncode: int | None = None
+        #: None: not opened yet; -1: unavailable (fall back to polling).
+        self._pidfd: int | None = None
+
+    def __repr__(self) -> str:
+        state = "running" if self._returncode is None else f"returncode={self._returncode}"
+        return f"<{type(self).__name__} pid={self._pid} {state}>"
+
+    # -- reaping (the only place the exit status is consumed) ----------------------------
+
+    def _reap(self) -> int | None:
+        """Reap the child if it has exited (never blocks); return the return code or None."""
+        if self._returncode is not None:
+            return self._returncode
+        try:
+            pid, status = os.waitpid(self._pid, os.WNOHANG)
+        except ChildProcessError:
+            # Reaped by someone else (a waitpid(-1) elsewhere, SIGCHLD set to SIG_IGN): the
+            # status is gone.  subprocess.Popen reports 0 in this case; so do we.
+            code = 0
+        else:
+            if pid == 0:
+                return None
+            code = os.waitstatus_to_exitcode(status)
+        self._returncode = code
+        self._popen.returncode = code  # Popen must not try to reap (or warn) again
+        self._close_pidfd()
+        return code
+
+    def _close_pidfd(self) -> None:
+        pidfd = self._pidfd
+        if pidfd is not None and pidfd >= 0:
+            self._pidfd = -1
+            os.close(pidfd)
+
+    def _get_pidfd(self) -> int:
+        """A pidfd for the (unreaped, so not reusable) pid; -1 if the kernel has none."""
+        if self._pidfd is None:
+            try:
+                self._pidfd = os.pidfd_open(self._pid)
+            except (OSError, AttributeError):
+                self._pidfd = -1
+        return self._pidfd
+
+    # -- anyio.abc.Process -----------------------------------------------------------------
+
+    async def wait(self) -> int:
+        """Wait until the process exits and return its return code (``-N``: killed by signal N).
+
+        Cancellation never loses the exit status: the ring only observes the exit (see the
+        module docstring); a later ``wait()`` returns the same code.
+        """
+        if self._returncode is not None:
+            await checkpoint()
+            return self._returncode
+        ring = current_runner().ring
+        delay = _POLL_MIN
+        while True:
+            if ring.support.waitid:
+                res = await wait_operation(ring.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOWAIT))
+                if res < 0 and res != -errno.ECHILD:
+                    raise OSError(-res, f"waitid({self._pid}) failed: {os.strerror(-res)}")
+            elif (pidfd := self._get_pidfd()) >= 0:
+                res = await wait_operation(ring.poll_add(pidfd, select.POLLIN))
+                if res < 0:
+                    raise OSError(-res, f"poll on the pidfd of {self._pid} failed: {os.strerror(-res)}")
+            else:
+                await sleep(delay)
+                delay = min(delay * 2, _POLL_MAX)
+            code = self._reap()
+            if code is not None:
+                return code
+
+    def terminate(self) -> None:
+        """Send ``SIGTERM``.  :raises ProcessLookupError: if the process was already reaped."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Send ``SIGKILL``.  :raises ProcessLookupError: if the process was already reaped."""
+        self.send_signal(signal.SIGKILL)
+
+    def send_signal(self, signal: int) -> None:
+        """Send ``signal`` to the process.
+
+        :raises ProcessLookupError: if the process has exited and was reaped (by :meth:`wait`,
+            :attr:`returncode` or :meth:`aclose`); before that its pid cannot be reused, so the
+            signal always reaches this process (or its zombie, harmlessly).
+        """
+        if self._returncode is not None:
+            raise ProcessLookupError(
+                f"process {self._pid} has already exited (return code {self._returncode})"
+            )
+        os.kill(self._pid, signal)
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The return code, or ``None`` while the process runs (reaps it if it has exited,
+        like ``Popen.poll()``)."""
+        return self._reap()
+
+    @property
+    def stdin(self) -> ByteSendStream | None:
+        return self._stdin
+
+    @property
+    def stdout(self) -> ByteReceiveStream | None:
+        return self._stdout
+
+    @property
+    def stderr(self) -> ByteReceiveStream | None:
+        return self._stderr
+
+    async def aclose(self) -> None:
+        """Close the standard streams, then wait for the process to exit.
+
+        Closing the pipes lets a child blocked on a full pipe get ``EPIPE``/``SIGPIPE``.  If the
+        wait is cancelled, the process is killed and waited for (shielded), so no child and no
+        zombie is left behind; the cancellation then propagates.
+        """
+        with CancelScope(shield=True):
+            for stream in (self._stdin, self._stdout, self._stderr):
+                if stream is not None:
+                    await stream.aclose()
+        try:
+            await self.wait()
+        except BaseException:
+            if self._returncode is None:
+                self.kill()
+            with CancelScope(shield=True):
+                await self.wait()
+            raise
+
+    def __del__(self) -> None:
+        try:
+            self._close_pidfd()
+        except (AttributeError, OSError):  # pragma: no cover - half-built object
+            pass
+
+
+def _pipe() -> tuple[int, int]:
+    return os.pipe2(os.O_CLOEXEC)
+
+
+async def open_process(
+    command: StrOrBytesPath | Sequence[StrOrBytesPath],
+    *,
+    stdin: int | IO[Any] | None,
+    stdout: int | IO[Any] | None,
+    stderr: int | IO[Any] | None,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[str, str] | None = None,
+    start_new_session: bool = False,
+    pass_fds: Sequence[int] = (),
+    user: str | int | None = None,
+    group: str | int | None = None,
+    extra_groups: Iterable[str | int] | None = None,
+    umask: int = -1,
+    startupinfo: Any = None,
+    creationflags: int = 0,
+) -> Process:
+    """Start ``command`` (anyio's ``open_process`` semantics).
+
+    A ``str``, ``bytes`` or path-like ``command`` runs through the shell (``/bin/sh -c``); a
+    sequence runs the program directly.  ``stdin``/``stdout``/``stderr`` take
+    ``subprocess.PIPE`` (an async stream is created), ``DEVNULL``, ``STDOUT`` (stderr only), an
+    fd, a file object or ``None`` (inherit).  The rest is passed to :class:`subprocess.Popen`
+    (``startupinfo``/``creationflags`` are Windows-only: Popen rejects non-defaults).
+    """
+    await checkpoint()
+    current_runner()  # a clear error outside a loop, before anything is spawned
+    if isinstance(command, (str, bytes, os.PathLike)):
+        shell = True
+        args: Any = os.fspath(command)
+    else:
+        shell = False
+        args = [os.fspath(item) for item in command]
+
+    parent_fds: list[int] = []
+    child_fds: list[int] = []
+
+    def make_pipe(spec: int | IO[Any] | None, child_reads: bool) -> tuple[int | IO[Any] | None, int]:
+        if spec != subprocess.PIPE:
+            return spec, -1
+        r, w = _pipe()
+        parent, child = (w, r) if child_reads else (r, w)
+        parent_fds.append(parent)
+        child_fds.append(child)
+        return child, parent
+
+    try:
+        child_in, parent_in = make_pipe(stdin, child_reads=True)
+        child_out, parent_out = make_pipe(stdout, child_reads=False)
+        child_err, parent_err = make_pipe(stderr, child_reads=False)
+        kwargs: dict[str, Any] = {}
+        if user is not None:
+            kwargs["user"] = user
+        if group is not None:
+            kwargs["group"] = group
+        if extra_groups is not None:
+            kwargs["extra_groups"] = extra_groups
+        popen = subprocess.Popen(
+            args,
+            shell=shell,
+            stdin=child_in,
+            stdout=child_out,
+            stderr=child_err,
+            cwd=cwd,
+            env=env,
+            start_new_session=start_new_session,
+            pass_fds=pass_fds,
+            umask=umask,
+            startupinfo=startupinfo,
+            creationflags=creationflags,
+            **kwargs,
+        )
+    except BaseException:
+        for fd in parent_fds:
+            os.close(fd)
+        raise
+    finally:
+        for fd in child_fds:
+            os.close(fd)
+
+    return Process(
+        popen,
+        PipeSendStream(parent_in) if parent_in >= 0 else None,
+        PipeReceiveStream(parent_out) if parent_out >= 0 else None,
+        PipeReceiveStream(parent_err) if parent_err >= 0 else None,
+    )
