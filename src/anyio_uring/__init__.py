@@ -24,6 +24,7 @@ from ._core import (
 )
 from ._errors import ForkedRingError, IoUringUnavailableError, RingClosedError, UringInternalError
 from ._probe import RingOptions
+from ._registration import register
 from ._taskgroup import Nursery, TaskStatus, open_nursery
 from ._version import __version__
 from .cancel import (
@@ -62,6 +63,7 @@ __all__ = [
     "move_on_after",
     "move_on_at",
     "open_nursery",
+    "register",
     "run",
     "sleep",
     "sleep_forever",
@@ -70,3 +72,6 @@ __all__ = [
     "wait_operation",
     "wait_task_rescheduled",
 ]
+
+# Make the anyio backend "uring" known (see _registration.py); does not import anyio.
+register(import_anyio=False)
