@@ -64,17 +64,17 @@ def test_ext_arg_off_falls_back_to_timeout_sqe(make_ring: Callable[..., Ring]) -
     for _ in range(3):  # each timed wait times out on time, again and again
         n, elapsed = timed_wait(ring, 0.05)
         assert n == 0
-        assert 0.049 <= elapsed < 1.0
+        assert 0.049 <= elapsed < 3.0
     assert ring._c.stale_timeouts == 3  # ... through our own TIMEOUT SQEs, whose CQEs never leak
     assert ring.rejected_cqes == 0
     # a completion ends a long timed wait at once, and the next short wait is not stretched
     op = ring.nop()
     n, elapsed = timed_wait(ring, 10)
     assert (n, op.result) == (1, 0)
-    assert elapsed < 1.0
+    assert elapsed < 3.0
     n, elapsed = timed_wait(ring, 0.03)
     assert n == 0
-    assert 0.029 <= elapsed < 1.0
+    assert 0.029 <= elapsed < 3.0
     assert ring.rejected_cqes == 0
 
 
@@ -82,7 +82,7 @@ def test_ext_arg_on_needs_no_timeout_sqe(make_ring: Callable[..., Ring]) -> None
     ring = make_ring(use_environment=False)
     n, elapsed = timed_wait(ring, 0.03)
     assert n == 0
-    assert 0.029 <= elapsed < 1.0
+    assert 0.029 <= elapsed < 3.0
     assert ring._c.stale_timeouts == 0
     assert ring.counters()["sqes_written"] == 0
 
@@ -146,6 +146,11 @@ def test_defer_taskrun_off_posts_completions_without_enter(
         op = ring.recv(b.fileno(), bytearray(4))
         ring.wait(timeout=0)
         a.sendall(b"hi")
+        # syscalls other than our enter (these sleeps) run plain task work, never deferred work
+        deadline = time.monotonic() + (0.02 if expect_ready == 0 else 5)
+        while lib.aur_cq_ready(ring._c) != expect_ready and time.monotonic() < deadline:
+            time.sleep(0.001)
+        time.sleep(0.001)
         assert lib.aur_cq_ready(ring._c) == expect_ready
         ring.wait(timeout=1)
         assert op.result == 2

@@ -66,6 +66,15 @@ def reap_one(ring: Ring, timeout: float = 5.0) -> tuple[int, int, int]:
     return ud, res, flags
 
 
+def wait_cq_ready(ring: Ring, n: int, timeout: float = 5.0) -> None:
+    """Wait (without entering the ring) until ``n`` CQEs sit in the CQ: the kernel's task work
+    runs whenever this thread returns from a syscall, here the sleep's."""
+    deadline = time.monotonic() + timeout
+    while lib.aur_cq_ready(ring._c) < n and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert lib.aur_cq_ready(ring._c) == n
+
+
 @pytest.fixture
 def listener() -> Any:
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -341,9 +350,10 @@ def test_multishot_accept_fds_after_abandon_are_closed(
     try:
         op.abandon()  # the owner (a listener) goes away
         if not defer:
-            # Without DEFER_TASKRUN the connections were accepted and their CQEs posted while we
-            # connected; they reach the ring only after the op was abandoned and cancelled.
-            assert lib.aur_cq_ready(ring._c) == 3
+            # Without DEFER_TASKRUN the connections are accepted and their CQEs posted by task
+            # work that runs on our next return to user mode, without any enter; they reach the
+            # ring only after the op was abandoned and cancelled.
+            wait_cq_ready(ring, 3)
             assert ring.cancel(op) is False
         # With DEFER_TASKRUN the connections are accepted inside our next enters.
         deadline = time.monotonic() + 5
@@ -955,6 +965,7 @@ def test_data_wins_race_without_defer_taskrun(
     op = ring.recv(b.fileno(), buf)
     ring.wait(timeout=0)
     a.sendall(b"race")
+    wait_cq_ready(ring, 1)  # (measured: already true when sendall returns)
     assert ring.cancel(op) is False
     drive(ring, op)
     assert op.result == 4
