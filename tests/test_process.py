@@ -175,6 +175,34 @@ def test_returncode_polls_without_wait(run: Runner) -> None:
     run(main)
 
 
+def test_returncode_poll_races_a_pending_wait(run: Runner) -> None:
+    """Race: a task waits on the ring while another reaps through ``returncode`` (a
+    ``waitpid``): the wait's operation only observes the exit, so both agree on the code."""
+
+    async def main() -> None:
+        for _ in range(5):
+            p = await spawn("import sys; sys.stdin.read(); sys.exit(6)")
+            results: list[int] = []
+
+            async def waiter(p: Process = p, results: list[int] = results) -> None:
+                results.append(await p.wait())
+
+            async with au.open_nursery() as nursery:
+                nursery.start_soon(waiter)
+                await au.wait_all_tasks_blocked()
+                assert p.stdin is not None
+                await p.stdin.aclose()
+                with au.fail_after(10):
+                    while p.returncode is None:
+                        await au.sleep(0)  # spins: usually reaps before the wait's CQE is seen
+            assert results == [6]
+            assert p.returncode == 6
+            await p.aclose()
+            assert_reaped(p.pid)
+
+    run(main)
+
+
 def test_concurrent_waits_all_get_the_code(run: Runner) -> None:
     async def main() -> None:
         p = await spawn("import sys; sys.stdin.read(); sys.exit(9)")
