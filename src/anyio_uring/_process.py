@@ -239,8 +239,8 @@ async def open_process(
     fd, a file object or ``None`` (inherit).  The rest is passed to :class:`subprocess.Popen`
     (``startupinfo``/``creationflags`` are Windows-only: Popen rejects non-defaults).
     """
-    await checkpoint()
     current_runner()  # a clear error outside a loop, before anything is spawned
+    await checkpoint()
     if isinstance(command, (str, bytes, os.PathLike)):
         shell = True
         args: Any = os.fspath(command)

@@ -139,7 +139,8 @@ def open_signal_receiver(*signals: signal.Signals | int) -> SignalReceiver:
                 ...
 
     Handlers are installed on entry and the previous ones restored on exit.  Signals are yielded
-    as :class:`signal.Signals`, in arrival order, each arrival once.
+    as :class:`signal.Signals`, in arrival order, once per delivery (no coalescing; the kernel
+    itself merges deliveries of a standard signal that is already pending).
 
     :raises RuntimeError: outside a running loop, or in a thread other than the main thread
     :raises ValueError: for a number that is not a signal
