@@ -47,6 +47,10 @@ class ProvidedBufferRing:
         self._closed = False
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def nbytes(self) -> int:
         return self.count * self.size
 

@@ -54,6 +54,8 @@ _U64: Final = (1 << 64) - 1
 _MAX_RW: Final = 0x7FFFF000  # the kernel's MAX_RW_COUNT: longer transfers are short anyway
 _TAG_CANCEL: Final[int] = lib.AUR_UD_TAG_CANCEL
 _F_MORE: Final[int] = lib.AUR_CQE_F_MORE
+_F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
+_BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
 _EBADFD: Final = 77
 _CQE = struct.Struct("QiI")
 
@@ -107,6 +109,7 @@ class Operation:
         "_pins",
         "_state",
         "abandoned",
+        "buffers",
         "callback",
         "cqe_flags",
         "multishot",
@@ -143,6 +146,8 @@ class Operation:
         self.multishot = multishot
         self.returns_fd = returns_fd
         self.abandoned = False
+        #: The ProvidedBufferRing a BUFFER_SELECT receive picks from (None otherwise).
+        self.buffers: Any = None
         self.result: int | None = None
         self.cqe_flags: int | None = None
         #: Called once with this operation when its final CQE is reaped.
@@ -186,7 +191,7 @@ class Operation:
         self.callback = None
         self.on_more = None
         if self._state == OpState.DONE:
-            self._dispose(self.result)
+            self._dispose(self.result, self.cqe_flags or 0)
 
     # -- called by Ring only --------------------------------------------------------------
 
@@ -208,12 +213,15 @@ class Operation:
             self._pins = ()
         self.ring._pinned_bytes -= self.pinned_bytes
 
-    def _dispose(self, res: int | None) -> None:
+    def _dispose(self, res: int | None, flags: int) -> None:
+        """Nobody will take this result: close the fd it carries, recycle its buffer."""
         if self.returns_fd and res is not None and res >= 0:
             try:
                 os.close(res)
             except OSError:
                 pass
+        if flags & _F_BUFFER and self.buffers is not None and not self.buffers.closed:
+            self.buffers.recycle(flags >> _BUFFER_SHIFT)
 
     def _complete(self, res: int, flags: int) -> None:
         self._transition("final")
@@ -224,7 +232,7 @@ class Operation:
         self.callback = None
         self.on_more = None
         if self.abandoned:
-            self._dispose(res)
+            self._dispose(res, flags)
         elif callback is not None:
             callback(self)
 
@@ -233,7 +241,7 @@ class Operation:
         if on_more is not None and not self.abandoned:
             on_more(self, res, flags)
         else:
-            self._dispose(res)  # e.g. a multishot accept's fd that nobody will take
+            self._dispose(res, flags)  # e.g. a multishot accept's fd that nobody will take
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +461,9 @@ class Ring:
         """Receive into a buffer the kernel picks from ``buffers`` (a ProvidedBufferRing)."""
         ioprio = lib.AUR_RECV_MULTISHOT if multishot else 0
         args = (lib.AUR_SQE_BUFFER_SELECT, _check_fd(fd), ffi.NULL, length, flags, ioprio, buffers.bgid)
-        return self._queue(OP_RECV, lib.aur_prep_recv, args, (buffers,), multishot=multishot)
+        op = self._queue(OP_RECV, lib.aur_prep_recv, args, (buffers,), multishot=multishot)
+        op.buffers = buffers
+        return op
 
     def send(self, fd: int, data: Any, flags: int = 0, sqe_flags: int = 0) -> Operation:
         pin = ffi.from_buffer(data)
@@ -607,6 +617,7 @@ class Ring:
             raise ValueError(f"{op!r} does not belong to {self!r}")
         if op._state != _PENDING:
             return False
+        self._check_usable()
         if lib.aur_withdraw(self._c, op.slot, op.user_data):
             del self._ops[op.user_data]
             self.withdrawn += 1
@@ -744,6 +755,11 @@ class Ring:
         try:
             self._drain(drain_timeout)
         finally:
+            if self._ops:  # the drain was interrupted (a callback raised): never free their memory
+                _ABANDONED.extend(self._ops.values())
+                for op in self._ops.values():
+                    op.abandoned = True
+                self._ops.clear()
             for bgid, br in list(self._buffer_rings.items()):
                 self._buffer_rings.pop(bgid, None)
                 br._forget()
