@@ -1,0 +1,1954 @@
+"""Async files on the ring: ``open_file()`` and the file objects it returns.
+
+Theory of operation
+-------------------
+``open_file()`` has the signature and the behaviour of :func:`anyio.open_file` (that is, of the
+builtin :func:`open`), but no worker thread touches the file: every system call on it is an
+io_uring operation awaited through :func:`~anyio_uring.cancel.wait_operation`:
+
+=====================  ==========================================================================
+open                   ``OPENAT`` (``O_CLOEXEC``), then ``STATX`` on the new fd (directory check,
+                       regular file or stream, ``st_blksize`` for the buffer size, the size)
+read / readinto        ``READ`` at the tracked offset (``-1``, the kernel's position, for pipes,
+                       sockets and character devices)
+write                  ``WRITE`` at the tracked offset (``-1`` in append mode: ``O_APPEND``)
+seek(…, SEEK_END)      ``STATX`` for the size; ``SEEK_SET``/``SEEK_CUR`` touch nothing
+truncate               ``FTRUNCATE`` (a worker thread when the kernel lacks it or it is masked)
+fsync (an extension)   ``FSYNC``
+close                  ``CLOSE``
+=====================  ==========================================================================
+
+What does not fit the ring: an ``opener`` (a user callable, run in a worker thread),
+``SEEK_DATA``/``SEEK_HOLE`` (``lseek`` in a worker thread), ``isatty()`` (one ``ioctl`` at open,
+only for character devices), and ``lseek`` on an *adopted* fd (``open_file(fd)``): there is no
+``LSEEK`` opcode, so its position is read once when it is adopted and written back when it is
+released with ``closefd=False`` (``lseek`` never blocks).  ``tell()``/``seek()`` on pipes and
+character devices also use ``lseek``, exactly like :class:`io.FileIO`.
+
+Layers, as in :mod:`io`: :class:`RawFile` (``buffering=0``, like ``io.FileIO``),
+:class:`BufferedFile` (like ``io.BufferedReader``/``Writer``/``Random``) and :class:`TextFile`
+(like ``io.TextIOWrapper``: incremental codecs, ``io.IncrementalNewlineDecoder``, the same
+newline rules and the same opaque ``tell()`` cookies as CPython's C implementation).  All three
+are :class:`AsyncFile` objects (and so :class:`anyio.AsyncFile` objects).  Python's own ``io``
+classes cannot be reused: they call their raw layer synchronously.  Read-ahead and write
+buffering live in Python, so many small reads or writes cost one ring operation per buffer.
+
+Positions and cancellation
+--------------------------
+The file position is a Python integer (``RawFile._pos``) and reads and writes are positional.
+This module contains no cancellation logic: a ring operation is awaited with ``wait_operation``,
+which either returns the operation's real result (also when the task was cancelled meanwhile:
+the cancellation then lands at the next checkpoint) or raises the cancellation on
+``-ECANCELED``, after the final CQE, when the kernel no longer touches the buffer.  The layers
+keep that promise intact by updating their state *only after* an operation's result is in hand:
+
+* a raw read advances ``_pos`` by exactly the bytes it returns; an interrupted multi-operation
+  ``readall()``/``readline()`` keeps what it already read in ``RawFile._stash``, which the next
+  read returns first (the logical position is ``_pos - len(_stash)``);
+* a buffered read appends what each operation returned to the read-ahead buffer and takes the
+  caller's bytes out of it only when the whole read succeeded: a cancelled ``read(n)`` leaves
+  every byte read so far in the buffer and ``tell()`` unchanged;
+* a text read decodes each chunk into its pending characters (extending the ``tell()`` snapshot)
+  and hands characters out only at the end;
+* a write advances the position by the bytes the kernel reports written; a buffered write first
+  flushes what is pending (if that is cancelled the new data was not accepted), then either
+  buffers the data or writes it directly (a cancelled direct write leaves ``tell()`` after the
+  bytes actually written).
+
+Operations that are served from memory (a read from the read-ahead buffer, a buffered write, a
+seek) are cancel points but not schedule points; everything that reaches the ring is both.  Each
+file has a lock (shared by its layers): concurrent operations on one file from several tasks
+run one after the other, as they do with the thread-based implementation (C ``io`` locks too).
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import io
+import locale
+import operator
+import os
+import stat as _stat
+import struct
+import sys
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, AnyStr, Final, overload
+
+from anyio import AsyncFile as _AnyioAsyncFile
+from anyio import CapacityLimiter as _AnyioCapacityLimiter
+
+from ._core._run import checkpoint_if_cancelled, current_runner
+from ._native import ffi
+from ._sync import ParkingLot
+from ._threads import to_thread_run_sync
+from .cancel import CancelScope, wait_operation
+
+if TYPE_CHECKING:
+    from _typeshed import OpenBinaryMode, OpenTextMode, ReadableBuffer, WriteableBuffer
+
+    from ._ring import Ring
+
+__all__ = ["AsyncFile", "BufferedFile", "RawFile", "TextFile", "open_file"]
+
+AT_FDCWD: Final = -100
+AT_EMPTY_PATH: Final = 0x1000
+AT_SYMLINK_NOFOLLOW: Final = 0x100
+AT_REMOVEDIR: Final = 0x200
+STATX_BASIC_STATS: Final = 0x7FF
+IOSQE_ASYNC: Final = 16
+DEFAULT_BUFFER_SIZE: Final = io.DEFAULT_BUFFER_SIZE
+_TEXT_CHUNK_SIZE: Final = 8192  # CPython's C TextIOWrapper chunk size
+_MAX_RW: Final = 0x7FFFF000
+_STREAM_READ: Final = 64 * 1024
+_CLOSED_IO: Final = "I/O operation on closed file"
+
+
+# ------------------------------------------------------------------------------------------
+# errors, stat results
+# ------------------------------------------------------------------------------------------
+
+
+def os_error(res: int, filename: object = None, filename2: object = None) -> OSError:
+    """The ``OSError`` subclass for ``-errno`` ``res``, shaped like the ``os`` module's."""
+    err = -res
+    if filename is None:
+        return OSError(err, os.strerror(err))
+    if filename2 is None:
+        return OSError(err, os.strerror(err), filename)
+    return OSError(err, os.strerror(err), filename, None, filename2)
+
+
+def _unsupported(message: str) -> io.UnsupportedOperation:
+    return io.UnsupportedOperation(message)
+
+
+# struct statx (include/uapi/linux/stat.h): the fields os.stat() reports.
+_STATX: Final = struct.Struct("=IIQIIIH2xQQQQ" + "qI4x" * 4 + "IIII")
+_STAT_FIELDS_OK: Final = os.stat_result.n_fields == 19 and os.stat_result.n_sequence_fields == 10
+
+
+def stat_from_statx(buf: Any) -> os.stat_result:
+    """Decode a 256-byte ``struct statx`` into the ``os.stat_result`` ``os.stat()`` returns."""
+    (
+        _mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _amask,
+        a_s, a_ns, _b_s, _b_ns, c_s, c_ns, m_s, m_ns, rdev_ma, rdev_mi, dev_ma, dev_mi,
+    ) = _STATX.unpack_from(ffi.buffer(buf))  # fmt: skip
+    return os.stat_result(
+        (
+            mode,
+            ino,
+            os.makedev(dev_ma, dev_mi),
+            nlink,
+            uid,
+            gid,
+            size,
+            a_s,
+            m_s,
+            c_s,
+            a_s + a_ns * 1e-9,
+            m_s + m_ns * 1e-9,
+            c_s + c_ns * 1e-9,
+            a_s * 1_000_000_000 + a_ns,
+            m_s * 1_000_000_000 + m_ns,
+            c_s * 1_000_000_000 + c_ns,
+            blksize,
+            blocks,
+            os.makedev(rdev_ma, rdev_mi),
+        )
+    )
+
+
+def _use_statx(ring: Ring) -> bool:
+    return _STAT_FIELDS_OK and ring.support.statx
+
+
+async def run_sync_in_thread(
+    fn: Callable[..., Any], *args: Any, limiter: _AnyioCapacityLimiter | None = None, abandon: bool = False
+) -> Any:
+    """The fallback path: ``fn(*args)`` in a worker thread (anyio's, when given a limiter)."""
+    if limiter is None:
+        return await to_thread_run_sync(fn, *args, abandon_on_cancel=abandon)
+    import anyio.to_thread
+
+    return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon, limiter=limiter)
+
+
+async def ring_stat(
+    ring: Ring, dirfd: int, path: str | bytes, flags: int, filename: object, *, follow: bool = True
+) -> os.stat_result:
+    """``STATX`` -> ``os.stat_result`` (``os.stat``/``os.fstat`` in a thread without STATX)."""
+    if _use_statx(ring):
+        op = ring.statx(dirfd, path, flags, STATX_BASIC_STATS)
+        res = await wait_operation(op)
+        if res < 0:
+            raise os_error(res, filename)
+        return stat_from_statx(op.output)
+    if flags & AT_EMPTY_PATH:
+        result: os.stat_result = await run_sync_in_thread(os.fstat, dirfd)
+    else:
+        result = await run_sync_in_thread(_stat_follow, path, follow)
+    return result
+
+
+def _stat_follow(path: str | bytes, follow: bool) -> os.stat_result:
+    return os.stat(path, follow_symlinks=follow)
+
+
+# ------------------------------------------------------------------------------------------
+# the per-file lock
+# ------------------------------------------------------------------------------------------
+
+
+class _FileLock:
+    """Serializes the operations on one file (its layers share it).  Free -> taken without a
+    schedule point; taken -> wait in FIFO order; release hands the lock to the next waiter."""
+
+    __slots__ = ("_busy", "_lot")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._lot = ParkingLot()
+
+    async def __aenter__(self) -> None:
+        if self._busy:
+            await self._lot.park()  # woken owning the lock (hand-off)
+        else:
+            self._busy = True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._lot:
+            self._lot.unpark()
+        else:
+            self._busy = False
+
+
+# ------------------------------------------------------------------------------------------
+# the public base class
+# ------------------------------------------------------------------------------------------
+
+
+class AsyncFile(_AnyioAsyncFile[AnyStr]):
+    """A file whose I/O runs on the ring, with :class:`anyio.AsyncFile`'s interface.
+
+    Unlike anyio's class it wraps no blocking file object: the object *is* the file.
+    :attr:`wrapped` therefore returns the file itself (its ``name``, ``mode``, ``closed``,
+    ``fileno()`` ... work as on a blocking file object; its I/O methods are coroutines).  The
+    layers below are reachable as ``.buffer`` (text) and ``.raw`` (buffered), as in :mod:`io`.
+    """
+
+    _limiter: _AnyioCapacityLimiter | None
+    _lock: _FileLock
+
+    def __init__(self) -> None:  # the layers set their own state; anyio's __init__ wants an fp
+        raise TypeError("use anyio_uring.open_file() to open a file")
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def wrapped(self) -> Any:
+        """The file itself: there is no blocking file object underneath (see the class doc)."""
+        return self
+
+    @property
+    def limiter(self) -> _AnyioCapacityLimiter | None:
+        """The capacity limiter for this file's worker-thread fallbacks (``None``: the default)."""
+        return self._limiter
+
+    async def __aiter__(self) -> AsyncIterator[AnyStr]:
+        while True:
+            line = await self.readline()
+            if line:
+                yield line
+            else:
+                break
+
+    async def aclose(self) -> None:
+        """Flush and close the file; shielded from cancellation (as in anyio)."""
+        with CancelScope(shield=True):
+            async with self._lock:
+                await self._close_u()
+
+    async def _close_u(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def _no_attribute(self, name: str) -> AttributeError:
+        return AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _index(value: Any) -> int:
+    """``size`` arguments: an int (or ``__index__``), ``None`` meaning -1."""
+    if value is None:
+        return -1
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"argument should be integer or None, not '{type(value).__name__}'") from None
+
+
+def _int_arg(value: Any) -> int:
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"'{type(value).__name__}' object cannot be interpreted as an integer") from None
+
+
+def _readable_view(b: Any) -> memoryview:
+    """A byte view of a bytes-like object (``TypeError`` like ``FileIO.write``)."""
+    try:
+        view = memoryview(b)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not '{type(b).__name__}'") from None
+    if view.ndim != 1 or view.format not in ("B", "b", "c"):
+        view = view.cast("B")
+    return view
+
+
+def _writable_view(b: Any, what: str = "readinto") -> memoryview:
+    try:
+        view = memoryview(b)
+    except TypeError:
+        view = None
+    if view is None or view.readonly:
+        raise TypeError(f"{what}() argument must be read-write bytes-like object, not {type(b).__name__}")
+    if view.ndim != 1 or view.format not in ("B", "b", "c"):
+        view = view.cast("B")
+    return view
+
+
+# ------------------------------------------------------------------------------------------
+# raw layer: io.FileIO on the ring
+# ------------------------------------------------------------------------------------------
+
+
+class RawFile(AsyncFile[bytes]):
+    """An unbuffered binary file (``buffering=0``), like :class:`io.FileIO`.
+
+    One ``read(n)``/``write(b)`` is one ring operation and may be short.  ``readall()`` reads
+    until EOF, sized from the file's known size (a short read of a regular file at or beyond
+    its known size ends it).
+    """
+
+    def __init__(
+        self,
+        ring: Ring,
+        fd: int,
+        name: object,
+        *,
+        readable: bool,
+        writable: bool,
+        appending: bool,
+        created: bool,
+        closefd: bool,
+        st: os.stat_result,
+        pos: int,
+        adopted: bool,
+        limiter: _AnyioCapacityLimiter | None,
+    ) -> None:
+        self._ring = ring
+        self._fd = fd
+        self.name = name
+        self._readable = readable
+        self._writable = writable
+        self._appending = appending
+        self._created = created
+        self._closefd = closefd
+        self._closed = False
+        self._adopted = adopted
+        mode = st.st_mode
+        #: Regular files and block devices get positional I/O at ``_pos``; streams use -1.
+        self._positional = _stat.S_ISREG(mode) or _stat.S_ISBLK(mode)
+        #: The kernel-side position of the next read/write; -1 = unknown (after an append).
+        self._pos = pos
+        #: The size as last seen (open, our writes, STATX): a hint for readall and EOF.
+        self._size = st.st_size
+        self._blksize = st.st_blksize
+        self._isatty = _stat.S_ISCHR(mode) and os.isatty(fd)
+        #: Bytes read by an interrupted multi-operation read, handed out first next time.
+        self._stash = bytearray()
+        self._lock = _FileLock()
+        self._limiter = limiter
+        self._statx = _use_statx(ring)
+        self._ftruncate = ring.support.ftruncate
+        #: Extra SQE flags for READ operations (tests set IOSQE_ASYNC to force io-wq).
+        self._read_sqe_flags = 0
+
+    def __repr__(self) -> str:
+        if self._closed:
+            return "<anyio_uring.RawFile [closed]>"
+        return f"<anyio_uring.RawFile name={self.name!r} mode={self.mode!r} closefd={self._closefd}>"
+
+    # -- attributes ------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        if self._created:
+            return "xb+" if self._readable else "xb"
+        if self._appending:
+            return "ab+" if self._readable else "ab"
+        if self._readable:
+            return "rb+" if self._writable else "rb"
+        return "wb"
+
+    @property
+    def closefd(self) -> bool:
+        return self._closefd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_closed(self, message: str = _CLOSED_IO) -> None:
+        if self._closed:
+            raise ValueError(message)
+
+    def fileno(self) -> int:
+        self._check_closed()
+        return self._fd
+
+    def isatty(self) -> bool:
+        self._check_closed()
+        return self._isatty
+
+    def readable(self) -> bool:
+        self._check_closed()
+        return self._readable
+
+    def writable(self) -> bool:
+        self._check_closed()
+        return self._writable
+
+    def seekable(self) -> bool:
+        self._check_closed()
+        if self._positional:
+            return True
+        try:
+            os.lseek(self._fd, 0, os.SEEK_CUR)
+        except OSError:
+            return False
+        return True
+
+    def _check_readable(self) -> None:
+        if not self._readable:
+            raise _unsupported("File not open for reading")
+
+    def _check_writable(self) -> None:
+        if not self._writable:
+            raise _unsupported("File not open for writing")
+
+    # -- the ring primitives (every byte of I/O goes through these two) -----------------------
+
+    async def _pread(self, buf: Any) -> int:
+        """One READ into ``buf`` at the position; advances it by what the kernel returned."""
+        if self._positional:
+            if self._pos < 0:
+                await self._sync_pos()
+            op = self._ring.read(self._fd, buf, self._pos, self._read_sqe_flags)
+            res = await wait_operation(op)
+            if res < 0:
+                raise os_error(res)
+            self._pos += res
+            return res
+        res = await wait_operation(self._ring.read(self._fd, buf, -1, self._read_sqe_flags))
+        if res < 0:
+            raise os_error(res)
+        return res
+
+    async def _pwrite(self, data: Any) -> int:
+        """One WRITE of ``data`` at the position (at the end in append mode)."""
+        if self._appending or not self._positional:
+            res = await wait_operation(self._ring.write(self._fd, data, -1))
+            if res < 0:
+                raise os_error(res)
+            if self._positional:
+                self._pos = -1  # O_APPEND: the kernel put it at the end; STATX when needed
+            return res
+        if self._pos < 0:
+            await self._sync_pos()
+        res = await wait_operation(self._ring.write(self._fd, data, self._pos))
+        if res < 0:
+            raise os_error(res)
+        self._pos += res
+        self._size = max(self._size, self._pos)
+        return res
+
+    async def _fstat(self) -> os.stat_result:
+        if self._statx:
+            return await ring_stat(self._ring, self._fd, b"", AT_EMPTY_PATH, None)
+        result: os.stat_result = await run_sync_in_thread(os.fstat, self._fd, limiter=self._limiter)
+        return result
+
+    async def _sync_pos(self) -> None:
+        """After an O_APPEND write the position is the end of the file: ask for the size."""
+        st = await self._fstat()
+        self._size = st.st_size
+        if self._pos < 0:
+            self._pos = st.st_size
+
+    def _at_eof(self, requested: int, got: int) -> bool:
+        """Whether a read that returned ``got`` of ``requested`` bytes has hit the end."""
+        if got == 0:
+            return True
+        if got < requested and self._positional:
+            return self._pos >= self._size  # a short read of a regular file: EOF
+        return False
+
+    # -- positions -------------------------------------------------------------------------
+
+    async def _logical_pos(self) -> int:
+        if not self._positional:
+            return os.lseek(self._fd, 0, os.SEEK_CUR) - len(self._stash)
+        if self._pos < 0:
+            await self._sync_pos()
+        return self._pos - len(self._stash)
+
+    def _drop_stash(self) -> None:
+        """Before a write/seek: forget stashed bytes, moving the position back over them."""
+        if self._stash:
+            if self._positional and self._pos >= 0:
+                self._pos -= len(self._stash)
+            self._stash = bytearray()
+
+    async def _seek_u(self, pos: int, whence: int) -> int:
+        if not self._positional:
+            self._stash = bytearray()
+            return os.lseek(self._fd, pos, whence)
+        if whence == os.SEEK_SET:
+            new = pos
+        elif whence == os.SEEK_CUR:
+            new = await self._logical_pos() + pos
+        elif whence == os.SEEK_END:
+            st = await self._fstat()
+            self._size = st.st_size
+            new = st.st_size + pos
+        elif whence in (getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)):
+            new = await run_sync_in_thread(os.lseek, self._fd, pos, whence, limiter=self._limiter)
+        else:
+            raise os_error(-errno.EINVAL)
+        if new < 0:
+            raise os_error(-errno.EINVAL)
+        self._stash = bytearray()
+        self._pos = new
+        return new
+
+    async def _truncate_u(self, size: int | None) -> int:
+        if size is None:
+            size = await self._logical_pos()
+        if size < 0:
+            raise os_error(-errno.EINVAL)
+        if self._ftruncate:
+            res = await wait_operation(self._ring.ftruncate(self._fd, size))
+            if res < 0:
+                raise os_error(res)
+        else:
+            await run_sync_in_thread(os.ftruncate, self._fd, size, limiter=self._limiter)
+        self._size = size
+        return size
+
+    async def _fsync_u(self, datasync: bool) -> None:
+        res = await wait_operation(self._ring.fsync(self._fd, datasync=datasync))
+        if res < 0:
+            raise os_error(res)
+
+    async def _close_u(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stash = bytearray()
+        if self._closefd:
+            res = await wait_operation(self._ring.close_fd(self._fd))
+            if res < 0:
+                raise os_error(res)
+        elif self._adopted and self._positional and self._pos >= 0:
+            os.lseek(self._fd, self._pos, os.SEEK_SET)  # hand the position back to the fd
+
+    def _close_sync(self) -> None:
+        """Finalizer path (the file was never closed): plain system calls."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._closefd:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) or not self._closefd:
+            return
+        warnings.warn(f"unclosed file {self!r}", ResourceWarning, stacklevel=2, source=self)
+        self._close_sync()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _take_stash(self, n: int) -> bytes:
+        stash = self._stash
+        if n < 0 or n >= len(stash):
+            data = bytes(stash)
+            self._stash = bytearray()
+            return data
+        data = bytes(stash[:n])
+        del stash[:n]
+        return data
+
+    async def _read_u(self, size: int) -> bytes:
+        if size < 0:
+            return await self._readall_u()
+        if self._stash:
+            return self._take_stash(size)
+        buf = bytearray(min(size, _MAX_RW))
+        n = await self._pread(buf)
+        if n < len(buf):
+            del buf[n:]
+        return bytes(buf)
+
+    async def _readall_u(self) -> bytes:
+        if self._positional:
+            if self._pos < 0:
+                await self._sync_pos()
+            request = max(self._size - self._pos, 0) + 1
+        else:
+            request = _STREAM_READ
+        stash = self._stash
+        while True:
+            buf = bytearray(min(request, _MAX_RW))
+            n = await self._pread(buf)
+            if n == 0:
+                break
+            if not stash and (n < len(buf) and self._at_eof(len(buf), n)):
+                del buf[n:]
+                return bytes(buf)  # the common case: one read did it
+            stash += memoryview(buf)[:n]
+            if self._at_eof(len(buf), n):
+                break
+            request = max(request, len(stash))  # grow geometrically
+        return self._take_stash(-1)
+
+    async def _readinto_u(self, view: memoryview) -> int:
+        if self._stash:
+            data = self._take_stash(len(view))
+            view[: len(data)] = data
+            return len(data)
+        if len(view) > _MAX_RW:
+            view = view[:_MAX_RW]
+        return await self._pread(view)
+
+    async def _readline_u(self, limit: int) -> bytes:
+        # Positional files read ahead into the stash; streams read byte by byte like FileIO.
+        stash = self._stash
+        searched = 0
+        while True:
+            i = stash.find(b"\n", searched)
+            if i >= 0:
+                end = i + 1
+                break
+            if 0 <= limit <= len(stash):
+                end = limit
+                break
+            searched = len(stash)
+            want = DEFAULT_BUFFER_SIZE if self._positional else 1
+            if limit >= 0:
+                want = min(want, limit - len(stash))
+            buf = bytearray(want)
+            n = await self._pread(buf)
+            if n == 0:
+                end = len(stash)
+                break
+            stash += memoryview(buf)[:n]
+        if 0 <= limit < end:
+            end = limit
+        return self._take_stash(end)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def _write_u(self, view: memoryview) -> int:
+        self._drop_stash()
+        if len(view) > _MAX_RW:
+            view = view[:_MAX_RW]
+        return await self._pwrite(view)
+
+    # -- the public API ----------------------------------------------------------------------
+
+    async def read(self, size: int | None = -1) -> bytes:
+        n = _index(size)
+        async with self._lock:
+            self._check_closed()
+            self._check_readable()
+            await checkpoint_if_cancelled()
+            return await self._read_u(n)
+
+    async def readall(self) -> bytes:
+        async with self._lock:
+            self._check_closed()
+            self._check_readable()
+            await checkpoint_if_cancelled()
+            return await self._readall_u()
+
+    async def read1(self, size: int = -1) -> bytes:
+        raise self._no_attribute("read1")
+
+    async def readinto(self, b: WriteableBuffer) -> int:
+        view = _writable_view(b)
+        async with self._lock:
+            self._check_closed()
+            self._check_readable()
+            await checkpoint_if_cancelled()
+            return await self._readinto_u(view)
+
+    async def readinto1(self, b: WriteableBuffer) -> int:
+        raise self._no_attribute("readinto1")
+
+    async def readline(self, size: int | None = -1) -> bytes:
+        limit = _index(size)
+        async with self._lock:
+            self._check_closed()
+            self._check_readable()
+            await checkpoint_if_cancelled()
+            return await self._readline_u(limit)
+
+    async def readlines(self, hint: int | None = -1) -> list[bytes]:
+        limit = _index(hint)
+        async with self._lock:
+            self._check_closed(_CLOSED_IO + ".")
+            self._check_readable()
+            await checkpoint_if_cancelled()
+            lines: list[bytes] = []
+            total = 0
+            while True:
+                line = await self._readline_u(-1)
+                if not line:
+                    return lines
+                lines.append(line)
+                total += len(line)
+                if 0 < limit <= total:
+                    return lines
+
+    async def write(self, b: ReadableBuffer) -> int:
+        async with self._lock:
+            self._check_closed()
+            self._check_writable()
+            view = _readable_view(b)
+            await checkpoint_if_cancelled()
+            return await self._write_u(view)
+
+    async def writelines(self, lines: Iterable[ReadableBuffer]) -> None:
+        async with self._lock:
+            self._check_closed(_CLOSED_IO + ".")
+            self._check_writable()
+            await checkpoint_if_cancelled()
+            for line in lines:
+                await self._write_u(_readable_view(line))
+
+    async def seek(self, offset: int, whence: int | None = os.SEEK_SET) -> int:
+        pos = _int_arg(offset)
+        how = _int_arg(whence)
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            return await self._seek_u(pos, how)
+
+    async def tell(self) -> int:
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            return await self._logical_pos()
+
+    async def truncate(self, size: int | None = None) -> int:
+        length = None if size is None else _int_arg(size)
+        async with self._lock:
+            self._check_closed()
+            self._check_writable()
+            await checkpoint_if_cancelled()
+            return await self._truncate_u(length)
+
+    async def flush(self) -> None:
+        self._check_closed(_CLOSED_IO + ".")
+        await checkpoint_if_cancelled()
+
+    async def fsync(self, datasync: bool = False) -> None:
+        """``FSYNC`` (``datasync=True``: ``fdatasync``) -- an extension to anyio's API."""
+        async with self._lock:
+            self._check_closed()
+            await self._fsync_u(datasync)
+
+
+# ------------------------------------------------------------------------------------------
+# buffered layer: io.BufferedReader / BufferedWriter / BufferedRandom on a RawFile
+# ------------------------------------------------------------------------------------------
+
+
+class BufferedFile(AsyncFile[bytes]):
+    """A buffered binary file, like :class:`io.BufferedReader`, ``BufferedWriter`` or
+    ``BufferedRandom`` (by mode).
+
+    Reads fill a read-ahead buffer with one ring operation of at least ``buffer_size`` bytes;
+    writes collect up to ``buffer_size`` bytes before a ring operation (larger writes go to the
+    ring directly).  Reading and writing never have buffered data at the same time.
+    """
+
+    def __init__(self, raw: RawFile, buffer_size: int) -> None:
+        self._raw = raw
+        self._lock = raw._lock
+        self._limiter = raw._limiter
+        self._buffer_size = buffer_size
+        self._readable = raw._readable
+        self._writable = raw._writable
+        #: Read-ahead: bytes from file offset ``raw._pos - len(_rbuf)`` (positional files).
+        self._rbuf = bytearray()
+        #: Pending writes: bytes for file offset ``raw._pos`` (the end, in append mode).
+        self._wbuf = bytearray()
+
+    def __repr__(self) -> str:
+        kind = self._kind
+        try:
+            return f"<anyio_uring.{kind} name={self._raw.name!r}>"
+        except AttributeError:  # pragma: no cover
+            return f"<anyio_uring.{kind}>"
+
+    @property
+    def _kind(self) -> str:
+        if self._readable and self._writable:
+            return "BufferedRandom"
+        return "BufferedReader" if self._readable else "BufferedWriter"
+
+    # -- attributes ------------------------------------------------------------------------
+
+    @property
+    def raw(self) -> RawFile:
+        return self._raw
+
+    @property
+    def name(self) -> object:
+        return self._raw.name
+
+    @property
+    def mode(self) -> str:
+        return self._raw.mode
+
+    @property
+    def closed(self) -> bool:
+        return self._raw._closed
+
+    @property
+    def buffer_size(self) -> int:
+        return self._buffer_size
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def isatty(self) -> bool:
+        return self._raw.isatty()
+
+    def readable(self) -> bool:
+        return self._raw.readable() if self._readable else False
+
+    def writable(self) -> bool:
+        return self._raw.writable() if self._writable else False
+
+    def seekable(self) -> bool:
+        return self._raw.seekable()
+
+    def _check_closed(self, message: str) -> None:
+        if self._raw._closed:
+            raise ValueError(message)
+
+    def _check_read(self, closed_message: str, unsupported: str = "read") -> None:
+        if not self._readable:
+            raise _unsupported(unsupported)
+        if self._raw._closed:
+            raise ValueError(closed_message)
+
+    # -- internals (the lock is held) ----------------------------------------------------------
+
+    def _take(self, n: int) -> bytes:
+        rbuf = self._rbuf
+        if n >= len(rbuf):
+            data = bytes(rbuf)
+            self._rbuf = bytearray()
+            return data
+        data = bytes(rbuf[:n])
+        del rbuf[:n]
+        return data
+
+    async def _fill(self, size: int) -> int:
+        """One raw read of ``size`` bytes appended to the read-ahead buffer."""
+        chunk = bytearray(min(size, _MAX_RW))
+        n = await self._raw._pread(chunk)
+        if n:
+            if n < len(chunk):
+                del chunk[n:]
+            if self._rbuf:
+                self._rbuf += chunk
+            else:
+                self._rbuf = chunk
+        return n
+
+    async def _prepare_read(self) -> None:
+        if self._wbuf:
+            await self._flush_u()
+
+    def _prepare_write(self) -> None:
+        """Switch from reading to writing: the raw position goes back to the logical one."""
+        raw = self._raw
+        if self._rbuf and raw._positional:
+            if raw._pos >= 0:
+                raw._pos -= len(self._rbuf)
+            self._rbuf = bytearray()
+        raw._drop_stash()
+
+    async def _read_u(self, n: int) -> bytes:
+        if n < 0:
+            return await self._readall_u()
+        if len(self._rbuf) >= n:
+            return self._take(n)
+        await self._prepare_read()
+        raw = self._raw
+        while len(self._rbuf) < n:
+            request = max(n - len(self._rbuf), self._buffer_size)
+            got = await self._fill(request)
+            if raw._at_eof(request, got):
+                break
+        return self._take(n)
+
+    async def _readall_u(self) -> bytes:
+        await self._prepare_read()
+        raw = self._raw
+        if raw._positional:
+            if raw._pos < 0:
+                await raw._sync_pos()
+            request = max(raw._size - raw._pos, 0) + 1
+        else:
+            request = max(self._buffer_size, _STREAM_READ)
+        while True:
+            got = await self._fill(request)
+            if raw._at_eof(request, got):
+                break
+            request = max(request, len(self._rbuf))
+        return self._take(len(self._rbuf))
+
+    async def _read1_u(self, n: int) -> bytes:
+        if n < 0:
+            n = self._buffer_size
+        if n == 0:
+            return b""
+        if self._rbuf:
+            return self._take(n)
+        await self._prepare_read()
+        buf = bytearray(min(n, _MAX_RW))
+        got = await self._raw._pread(buf)
+        if got < len(buf):
+            del buf[got:]
+        return bytes(buf)
+
+    async def _readline_u(self, limit: int) -> bytes:
+        await self._prepare_read()
+        searched = 0
+        raw = self._raw
+        while True:
+            rbuf = self._rbuf
+            i = rbuf.find(b"\n", searched)
+            if i >= 0:
+                end = i + 1
+                break
+            if 0 <= limit <= len(rbuf):
+                end = limit
+                break
+            searched = len(rbuf)
+            request = self._buffer_size
+            got = await self._fill(request)
+            if got == 0 or (raw._at_eof(request, got) and self._rbuf.find(b"\n", searched) < 0):
+                end = len(self._rbuf)
+                break
+        if 0 <= limit < end:
+            end = limit
+        return self._take(end)
+
+    async def _write_u(self, view: memoryview) -> int:
+        self._prepare_write()
+        n = len(view)
+        wbuf = self._wbuf
+        if len(wbuf) + n <= self._buffer_size:
+            wbuf += view
+            return n
+        if wbuf:
+            await self._flush_u()
+        if n < self._buffer_size:
+            self._wbuf += view
+            return n
+        await self._write_all(view)
+        return n
+
+    async def _write_all(self, view: memoryview) -> None:
+        raw = self._raw
+        while view:
+            written = await raw._pwrite(view[:_MAX_RW])
+            if written <= 0:
+                raise OSError(errno.EIO, f"raw write() returned invalid length {written}")
+            view = view[written:]
+
+    async def _flush_u(self) -> None:
+        wbuf = self._wbuf
+        raw = self._raw
+        while wbuf:
+            with memoryview(wbuf) as view:
+                written = await raw._pwrite(view[:_MAX_RW])
+            if written <= 0:
+                raise OSError(errno.EIO, f"raw write() returned invalid length {written}")
+            del wbuf[:written]  # what the kernel took is gone; the rest stays pending
+
+    async def _tell_u(self) -> int:
+        pos = await self._raw._logical_pos() - len(self._rbuf) + len(self._wbuf)
+        return max(pos, 0)
+
+    async def _seek_u(self, target: int, whence: int) -> int:
+        raw = self._raw
+        if whence not in (0, 1, 2, getattr(os, "SEEK_DATA", 3), getattr(os, "SEEK_HOLE", 4)):
+            raise ValueError(f"whence value {whence} unsupported")
+        if whence in (0, 1) and self._rbuf and raw._positional and raw._pos >= 0:
+            # Inside the read-ahead buffer: no I/O.
+            start = raw._pos - len(self._rbuf)
+            new = target if whence == 0 else start + target
+            if start <= new <= raw._pos:
+                del self._rbuf[: new - start]
+                return new
+        if self._wbuf:
+            await self._flush_u()
+        if whence == 1:
+            target -= len(self._rbuf)
+        self._rbuf = bytearray()
+        return await raw._seek_u(target, whence)
+
+    async def _truncate_u(self, pos: int | None) -> int:
+        if self._wbuf:
+            await self._flush_u()
+        self._prepare_write()
+        return await self._raw._truncate_u(pos)
+
+    async def _close_u(self) -> None:
+        raw = self._raw
+        if raw._closed:
+            return
+        try:
+            if self._wbuf:
+                await self._flush_u()
+        finally:
+            self._rbuf = bytearray()
+            await raw._close_u()
+
+    def __del__(self) -> None:
+        raw = getattr(self, "_raw", None)
+        if raw is None or raw._closed or not self._wbuf:
+            return
+        try:  # finalizer path: flush with plain system calls, like io's __del__
+            data = bytes(self._wbuf)
+            self._wbuf = bytearray()
+            if raw._positional and not raw._appending and raw._pos >= 0:
+                while data:
+                    data = data[os.pwrite(raw._fd, data, raw._pos) :]
+            else:
+                while data:
+                    data = data[os.write(raw._fd, data) :]
+        except OSError:
+            pass
+
+    # -- the public API ----------------------------------------------------------------------
+
+    async def read(self, size: int | None = -1) -> bytes:
+        n = _index(size)
+        if n < -1:
+            raise ValueError("read length must be non-negative or -1")
+        async with self._lock:
+            self._check_read("read of closed file")
+            await checkpoint_if_cancelled()
+            return await self._read_u(n)
+
+    async def read1(self, size: int | None = -1) -> bytes:
+        n = _index(size)
+        async with self._lock:
+            self._check_read("read of closed file", "read1")
+            await checkpoint_if_cancelled()
+            return await self._read1_u(n)
+
+    async def readinto(self, b: WriteableBuffer) -> int:
+        view = _writable_view(b)
+        async with self._lock:
+            self._check_read("readinto of closed file")
+            await checkpoint_if_cancelled()
+            data = await self._read_u(len(view))
+            view[: len(data)] = data
+            return len(data)
+
+    async def readinto1(self, b: WriteableBuffer) -> int:
+        view = _writable_view(b, "readinto1")
+        async with self._lock:
+            self._check_read("readinto of closed file", "read1")
+            await checkpoint_if_cancelled()
+            data = await self._read1_u(len(view))
+            view[: len(data)] = data
+            return len(data)
+
+    async def readline(self, size: int | None = -1) -> bytes:
+        limit = _index(size)
+        async with self._lock:
+            self._check_read("readline of closed file")
+            await checkpoint_if_cancelled()
+            return await self._readline_u(limit)
+
+    async def readlines(self, hint: int | None = -1) -> list[bytes]:
+        limit = _index(hint)
+        async with self._lock:
+            self._check_closed(_CLOSED_IO + ".")
+            self._check_read("readline of closed file")
+            await checkpoint_if_cancelled()
+            lines: list[bytes] = []
+            total = 0
+            while True:
+                line = await self._readline_u(-1)
+                if not line:
+                    return lines
+                lines.append(line)
+                total += len(line)
+                if 0 < limit <= total:
+                    return lines
+
+    async def write(self, b: ReadableBuffer) -> int:
+        if not self._writable:
+            raise _unsupported("write")
+        async with self._lock:
+            self._check_closed("write to closed file")
+            view = _readable_view(b)
+            await checkpoint_if_cancelled()
+            return await self._write_u(view)
+
+    async def writelines(self, lines: Iterable[ReadableBuffer]) -> None:
+        async with self._lock:
+            self._check_closed(_CLOSED_IO + ".")
+            if not self._writable:
+                raise _unsupported("write")
+            await checkpoint_if_cancelled()
+            for line in lines:
+                await self._write_u(_readable_view(line))
+
+    async def seek(self, offset: int, whence: int | None = os.SEEK_SET) -> int:
+        async with self._lock:
+            self._check_closed("seek of closed file")
+            if not self._raw._positional and not self._raw.seekable():
+                raise _unsupported("File or stream is not seekable.")
+            target = _int_arg(offset)
+            how = _int_arg(whence)
+            await checkpoint_if_cancelled()
+            return await self._seek_u(target, how)
+
+    async def tell(self) -> int:
+        async with self._lock:
+            self._check_closed(_CLOSED_IO)
+            await checkpoint_if_cancelled()
+            return await self._tell_u()
+
+    async def truncate(self, size: int | None = None) -> int:
+        async with self._lock:
+            self._check_closed("truncate of closed file")
+            if not self._writable:
+                raise _unsupported("truncate")
+            pos = None if size is None else _int_arg(size)
+            await checkpoint_if_cancelled()
+            return await self._truncate_u(pos)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if self._writable:
+                self._check_closed("flush of closed file")
+            else:
+                self._check_closed(_CLOSED_IO + ".")
+            await checkpoint_if_cancelled()
+            if self._wbuf:
+                await self._flush_u()
+
+    async def fsync(self, datasync: bool = False) -> None:
+        """Flush, then ``FSYNC`` (``datasync=True``: ``fdatasync``) -- an extension."""
+        async with self._lock:
+            self._check_closed("flush of closed file")
+            if self._wbuf:
+                await self._flush_u()
+            await self._raw._fsync_u(datasync)
+
+
+# ------------------------------------------------------------------------------------------
+# text layer: io.TextIOWrapper on a BufferedFile
+# ------------------------------------------------------------------------------------------
+
+# tell() cookies use the layout of CPython's C TextIOWrapper (textio.c, cookie_type):
+# start_pos (64 bits) | dec_flags (32) | bytes_to_feed (32) | chars_to_skip (32) | need_eof (8).
+_COOKIE: Final = struct.Struct("<qiiiB")
+
+
+def _build_cookie(start_pos: int, dec_flags: int = 0, bytes_to_feed: int = 0, chars_to_skip: int = 0,
+                  need_eof: bool = False) -> int:  # fmt: skip
+    raw = _COOKIE.pack(start_pos, dec_flags, bytes_to_feed, chars_to_skip, need_eof)
+    return int.from_bytes(raw, "little")
+
+
+def _parse_cookie(cookie: int) -> tuple[int, int, int, int, bool]:
+    try:
+        raw = cookie.to_bytes(_COOKIE.size, "little")
+    except OverflowError:
+        raise OverflowError("cookie out of range") from None
+    start_pos, dec_flags, bytes_to_feed, chars_to_skip, need_eof = _COOKIE.unpack(raw)
+    return start_pos, dec_flags, bytes_to_feed, chars_to_skip, bool(need_eof)
+
+
+def _default_encoding() -> str:
+    if sys.flags.utf8_mode:
+        return "utf-8"
+    return locale.getencoding()
+
+
+class TextFile(AsyncFile[str]):
+    """A text file, like :class:`io.TextIOWrapper` (same decoding, newline translation,
+    buffering and ``tell()`` cookies as CPython's C implementation).
+
+    Differences, both invisible for the usual codecs: characters decoded from several chunks
+    by one ``read``/``readline`` stay in one pending string (so a cancellation loses nothing),
+    and lines longer than two chunks are read with growing chunk sizes.
+    """
+
+    def __init__(
+        self,
+        buffer: BufferedFile,
+        encoding: str | None,
+        errors: str | None,
+        newline: str | None,
+        line_buffering: bool,
+        mode: str,
+    ) -> None:
+        self._buffer = buffer
+        self._lock = buffer._lock
+        self._limiter = buffer._limiter
+        self.mode = mode
+        if encoding is None:
+            if sys.flags.warn_default_encoding:
+                warnings.warn("'encoding' argument not specified", EncodingWarning, stacklevel=4)
+            encoding = _default_encoding()
+        elif encoding == "locale":
+            encoding = _default_encoding()
+        codec_info = codecs.lookup(encoding)
+        if not codec_info._is_text_encoding:
+            raise LookupError(
+                f"{encoding!r} is not a text encoding; use codecs.open() to handle arbitrary codecs"
+            )
+        if errors is None:
+            errors = "strict"
+        self._encoding = encoding
+        self._errors = errors
+        self._readuniversal = not newline
+        self._readtranslate = newline is None
+        self._readnl = newline
+        self._writetranslate = newline != ""
+        self._writenl = newline if newline in ("\r", "\r\n") else None
+        self._line_buffering = line_buffering
+        self._chunk_size = _TEXT_CHUNK_SIZE
+        self._decoder: Any = None
+        self._encoder: Any = None
+        if buffer._readable:
+            decoder: Any = codec_info.incrementaldecoder(errors)
+            if self._readuniversal:
+                decoder = io.IncrementalNewlineDecoder(decoder, self._readtranslate)
+            self._decoder = decoder
+        if buffer._writable:
+            self._encoder = codec_info.incrementalencoder(errors)
+        raw = buffer._raw
+        self._seekable = self._telling = raw._positional or raw.seekable()
+        #: Decoded characters not yet returned start at ``_chars[_used]``.
+        self._chars = ""
+        self._used = 0
+        #: ``(dec_flags, next_input)``: feeding ``next_input`` to a decoder in state
+        #: ``(b"", dec_flags)`` yields ``_chars``; the bytes end at the buffer's position.
+        self._snapshot: tuple[int, bytes] | None = None
+        self._b2cratio = 0.0
+        if self._seekable and self._encoder is not None and raw._positional and raw._pos > 0:
+            self._encoder.setstate(0)  # no BOM in the middle of a file
+
+    def __repr__(self) -> str:
+        if self._buffer._raw._closed:
+            return f"<anyio_uring.TextFile [closed] mode={self.mode!r}>"
+        return f"<anyio_uring.TextFile name={self.name!r} mode={self.mode!r} encoding={self._encoding!r}>"
+
+    # -- attributes ------------------------------------------------------------------------
+
+    @property
+    def buffer(self) -> BufferedFile:
+        return self._buffer
+
+    @property
+    def name(self) -> object:
+        return self._buffer._raw.name
+
+    @property
+    def closed(self) -> bool:
+        return self._buffer._raw._closed
+
+    @property
+    def encoding(self) -> str:
+        return self._encoding
+
+    @property
+    def errors(self) -> str:
+        return self._errors
+
+    @property
+    def line_buffering(self) -> bool:
+        return self._line_buffering
+
+    @property
+    def write_through(self) -> bool:
+        return False
+
+    @property
+    def newlines(self) -> str | tuple[str, ...] | None:
+        return getattr(self._decoder, "newlines", None) if self._decoder is not None else None
+
+    def fileno(self) -> int:
+        return self._buffer.fileno()
+
+    def isatty(self) -> bool:
+        return self._buffer.isatty()
+
+    def readable(self) -> bool:
+        return self._buffer.readable()
+
+    def writable(self) -> bool:
+        return self._buffer.writable()
+
+    def seekable(self) -> bool:
+        self._buffer._raw._check_closed()
+        return self._seekable
+
+    def _check_closed(self) -> None:
+        if self._buffer._raw._closed:
+            raise ValueError(_CLOSED_IO + ".")
+
+    # -- decoding ----------------------------------------------------------------------------
+
+    def _reset_read_state(self) -> None:
+        self._chars = ""
+        self._used = 0
+        self._snapshot = None
+
+    async def _read_chunk(self, size_hint: int) -> bool:
+        """Read one chunk (``read1``), decode it into the pending characters; False at EOF.
+
+        The chunk replaces the pending characters when they are used up (CPython's behaviour)
+        and is appended to them otherwise (a ``read``/``readline`` spanning chunks)."""
+        decoder = self._decoder
+        if decoder is None:
+            raise _unsupported("not readable")
+        if self._telling:
+            dec_buffer, dec_flags = decoder.getstate()
+        if size_hint > 0:
+            size_hint = int(max(self._b2cratio, 1.0) * size_hint)
+        input_chunk = await self._buffer._read1_u(max(self._chunk_size, size_hint))
+        nbytes = len(input_chunk)
+        eof = nbytes == 0
+        decoded: str = decoder.decode(input_chunk, eof)
+        nchars = len(decoded)
+        self._b2cratio = nbytes / nchars if nchars else 0.0
+        if nchars:
+            eof = False
+        if self._used >= len(self._chars):
+            self._chars = decoded
+            self._used = 0
+            if self._telling:
+                self._snapshot = (dec_flags, dec_buffer + input_chunk)
+        else:
+            self._chars += decoded
+            if self._telling and self._snapshot is not None:
+                self._snapshot = (self._snapshot[0], self._snapshot[1] + input_chunk)
+        return not eof
+
+    def _find_line_ending(self, line: str, start: int) -> tuple[int, int]:
+        """(end of the first line in ``line[start:]`` or -1, index up to which no line ends)."""
+        if self._readtranslate:
+            i = line.find("\n", start)
+            return (i + 1, i + 1) if i >= 0 else (-1, len(line))
+        if self._readuniversal:
+            nl = line.find("\n", start)
+            cr = line.find("\r", start, nl if nl >= 0 else len(line))
+            if cr < 0:
+                return (nl + 1, nl + 1) if nl >= 0 else (-1, len(line))
+            end = cr + 2 if line.startswith("\n", cr + 1) else cr + 1
+            return end, end
+        readnl = self._readnl
+        assert readnl is not None
+        i = line.find(readnl, start)
+        if i >= 0:
+            return i + len(readnl), i + len(readnl)
+        return -1, max(len(line) - (len(readnl) - 1), start)
+
+    # -- internals (the lock is held) ----------------------------------------------------------
+
+    async def _read_u(self, n: int) -> str:
+        decoder = self._decoder
+        if decoder is None:
+            raise _unsupported("not readable")
+        if n < 0:
+            data = await self._buffer._read_u(-1)
+            result: str = self._chars[self._used :] + decoder.decode(data, True)
+            self._reset_read_state()
+            return result
+        while len(self._chars) - self._used < n:
+            if not await self._read_chunk(n - (len(self._chars) - self._used)):
+                break
+        start = self._used
+        result = self._chars[start : start + n]
+        self._used = start + len(result)
+        return result
+
+    async def _readline_u(self, limit: int) -> str:
+        if self._decoder is None:
+            raise _unsupported("not readable")
+        start = self._used
+        search = start
+        while True:
+            chars = self._chars
+            end, consumed = self._find_line_ending(chars, search) if search < len(chars) else (-1, search)
+            if end >= 0:
+                if 0 <= limit < end - start:
+                    end = start + limit
+                break
+            if 0 <= limit <= consumed - start:
+                end = start + limit
+                break
+            offset = consumed - start
+            pending = len(chars) - start
+            hint = pending if pending > 2 * self._chunk_size else 0  # long line: grow the chunks
+            while True:
+                more = await self._read_chunk(hint)
+                if not more or len(self._chars) - self._used > pending:
+                    break
+            start = self._used
+            search = start + offset
+            if not more:
+                line = self._chars[start:]
+                self._reset_read_state()
+                return line
+        line = self._chars[start:end]
+        self._used = end
+        return line
+
+    async def _write_u(self, s: str) -> int:
+        encoder = self._encoder
+        if encoder is None:
+            raise _unsupported("not writable")
+        length = len(s)
+        haslf = (self._writenl is not None or self._line_buffering) and "\n" in s
+        if haslf and self._writetranslate and self._writenl is not None:
+            s = s.replace("\n", self._writenl)
+        needflush = self._line_buffering and (haslf or "\r" in s)
+        data = encoder.encode(s)
+        await self._buffer._write_u(memoryview(data))
+        if needflush and self._buffer._wbuf:
+            await self._buffer._flush_u()
+        self._reset_read_state()
+        if self._decoder is not None:
+            self._decoder.reset()
+        return length
+
+    async def _flush_u(self) -> None:
+        self._telling = self._seekable
+        if self._buffer._wbuf:
+            await self._buffer._flush_u()
+
+    def _decoder_setstate(self, start_pos: int, dec_flags: int) -> None:
+        if start_pos == 0 and dec_flags == 0:
+            self._decoder.reset()
+        else:
+            self._decoder.setstate((b"", dec_flags))
+
+    def _encoder_reset(self, start_of_stream: bool) -> None:
+        if self._encoder is not None:
+            if start_of_stream:
+                self._encoder.reset()
+            else:
+                self._encoder.setstate(0)
+
+    async def _tell_u(self) -> int:
+        if not self._seekable:
+            raise _unsupported("underlying stream is not seekable")
+        if not self._telling:
+            raise OSError("telling position disabled by next() call")
+        await self._flush_u()
+        position = await self._buffer._tell_u()
+        decoder = self._decoder
+        snapshot = self._snapshot
+        if decoder is None or snapshot is None:
+            return position
+        dec_flags, next_input = snapshot
+        start_pos = position - len(next_input)
+        chars_to_skip = self._used
+        if chars_to_skip == 0:
+            return _build_cookie(start_pos, dec_flags)
+        saved_state = decoder.getstate()
+        try:
+            # Fast search for an acceptable start point, close to our current position.
+            skip_bytes = int(self._b2cratio * chars_to_skip)
+            skip_back = 1
+            while skip_bytes > 0:
+                self._decoder_setstate(start_pos, dec_flags)
+                n = len(decoder.decode(next_input[:skip_bytes]))
+                if n <= chars_to_skip:
+                    dec_buffer, flags = decoder.getstate()
+                    if not dec_buffer:
+                        dec_flags = flags
+                        chars_to_skip -= n
+                        break
+                    skip_bytes -= len(dec_buffer)
+                    skip_back = 1
+                else:
+                    skip_bytes -= skip_back
+                    skip_back *= 2
+            if skip_bytes <= 0:
+                skip_bytes = 0
+                self._decoder_setstate(start_pos, dec_flags)
+            start_pos += skip_bytes
+            if chars_to_skip == 0:
+                return _build_cookie(start_pos, dec_flags)
+            # Feed one byte at a time, noting the last safe start point (nothing buffered).
+            bytes_to_feed = 0
+            need_eof = False
+            chars_decoded = 0
+            i = skip_bytes
+            end = len(next_input)
+            while i < end:
+                chars_decoded += len(decoder.decode(next_input[i : i + 1]))
+                bytes_to_feed += 1
+                dec_buffer, flags = decoder.getstate()
+                if not dec_buffer and chars_decoded <= chars_to_skip:
+                    start_pos += bytes_to_feed
+                    chars_to_skip -= chars_decoded
+                    dec_flags = flags
+                    bytes_to_feed = 0
+                    chars_decoded = 0
+                if chars_decoded >= chars_to_skip:
+                    break
+                i += 1
+            if i == end:
+                chars_decoded += len(decoder.decode(b"", True))
+                need_eof = True
+                if chars_decoded < chars_to_skip:
+                    raise OSError("can't reconstruct logical file position")
+            return _build_cookie(start_pos, dec_flags, bytes_to_feed, chars_to_skip, need_eof)
+        finally:
+            decoder.setstate(saved_state)
+
+    async def _seek_u(self, cookie: int, whence: int) -> int:
+        if not self._seekable:
+            raise _unsupported("underlying stream is not seekable")
+        if whence == os.SEEK_CUR:
+            if cookie != 0:
+                raise _unsupported("can't do nonzero cur-relative seeks")
+            cookie = await self._tell_u()
+        elif whence == os.SEEK_END:
+            if cookie != 0:
+                raise _unsupported("can't do nonzero end-relative seeks")
+            await self._flush_u()
+            self._reset_read_state()
+            if self._decoder is not None:
+                self._decoder.reset()
+            position = await self._buffer._seek_u(0, 2)
+            self._encoder_reset(position == 0)
+            return position
+        elif whence != os.SEEK_SET:
+            raise ValueError(f"invalid whence ({whence}, should be 0, 1 or 2)")
+        if cookie < 0:
+            raise ValueError(f"negative seek position {cookie!r}")
+        await self._flush_u()
+        start_pos, dec_flags, bytes_to_feed, chars_to_skip, need_eof = _parse_cookie(cookie)
+        await self._buffer._seek_u(start_pos, 0)
+        self._reset_read_state()
+        if self._decoder is not None:
+            self._decoder_setstate(start_pos, dec_flags)
+        if chars_to_skip:
+            input_chunk = await self._buffer._read_u(bytes_to_feed)
+            self._snapshot = (dec_flags, input_chunk)
+            decoded = self._decoder.decode(input_chunk, need_eof)
+            self._chars = decoded
+            if len(decoded) < chars_to_skip:
+                raise OSError("can't restore logical file position")
+            self._used = chars_to_skip
+        else:
+            self._snapshot = (dec_flags, b"")
+        self._encoder_reset(start_pos == 0 and dec_flags == 0)
+        return cookie
+
+    async def _close_u(self) -> None:
+        if self._buffer._raw._closed:
+            return
+        try:
+            await self._flush_u()
+        finally:
+            await self._buffer._close_u()
+
+    # -- the public API ----------------------------------------------------------------------
+
+    async def read(self, size: int | None = -1) -> str:
+        n = _index(size)
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            return await self._read_u(n)
+
+    async def read1(self, size: int = -1) -> bytes:
+        raise self._no_attribute("read1")
+
+    async def readinto(self, b: WriteableBuffer) -> int:
+        raise self._no_attribute("readinto")
+
+    async def readinto1(self, b: WriteableBuffer) -> int:
+        raise self._no_attribute("readinto1")
+
+    async def readline(self, size: int | None = -1) -> str:
+        limit = _int_arg(size) if size is not None else -1
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            return await self._readline_u(limit)
+
+    async def readlines(self, hint: int | None = -1) -> list[str]:
+        limit = _index(hint)
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            lines: list[str] = []
+            total = 0
+            while True:
+                line = await self._readline_u(-1)
+                if not line:
+                    self._snapshot = None
+                    return lines
+                lines.append(line)
+                total += len(line)
+                if 0 < limit <= total:
+                    return lines
+
+    async def write(self, b: str) -> int:
+        async with self._lock:
+            self._check_closed()
+            if not isinstance(b, str):
+                raise TypeError(f"write() argument must be str, not {type(b).__name__}")
+            await checkpoint_if_cancelled()
+            return await self._write_u(b)
+
+    async def writelines(self, lines: Iterable[str]) -> None:
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            for line in lines:
+                if not isinstance(line, str):
+                    raise TypeError(f"write() argument must be str, not {type(line).__name__}")
+                await self._write_u(line)
+
+    async def seek(self, offset: int, whence: int | None = os.SEEK_SET) -> int:
+        cookie = _int_arg(offset)
+        how = _int_arg(whence)
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            return await self._seek_u(cookie, how)
+
+    async def tell(self) -> int:
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            return await self._tell_u()
+
+    async def truncate(self, size: int | None = None) -> int:
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            await self._flush_u()
+            buffer = self._buffer
+            if not buffer._writable:
+                raise _unsupported("truncate")
+            pos = None if size is None else _int_arg(size)
+            return await buffer._truncate_u(pos)
+
+    async def flush(self) -> None:
+        async with self._lock:
+            self._check_closed()
+            await checkpoint_if_cancelled()
+            await self._flush_u()
+
+    async def fsync(self, datasync: bool = False) -> None:
+        """Flush, then ``FSYNC`` (``datasync=True``: ``fdatasync``) -- an extension."""
+        async with self._lock:
+            self._check_closed()
+            await self._flush_u()
+            await self._buffer._raw._fsync_u(datasync)
+
+
+# ------------------------------------------------------------------------------------------
+# open_file
+# ------------------------------------------------------------------------------------------
+
+
+def _check_str_or_none(value: object, name: str) -> None:
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"open() argument '{name}' must be str or None, not {type(value).__name__}")
+
+
+class _Mode:
+    """A parsed ``open()`` mode (the checks and messages of CPython's ``_io_open_impl``)."""
+
+    __slots__ = ("appending", "binary", "creating", "flags", "reading", "text", "updating", "writing")
+
+    def __init__(self, mode: str) -> None:
+        if not isinstance(mode, str):
+            raise TypeError(f"open() argument 'mode' must be str, not {type(mode).__name__}")
+        seen: set[str] = set()
+        for c in mode:
+            if c not in "xrwa+tb" or c in seen:
+                raise ValueError(f"invalid mode: '{mode}'")
+            seen.add(c)
+        self.creating = "x" in seen
+        self.reading = "r" in seen
+        self.writing = "w" in seen
+        self.appending = "a" in seen
+        self.updating = "+" in seen
+        self.text = "t" in seen
+        self.binary = "b" in seen
+        if self.text and self.binary:
+            raise ValueError("can't have text and binary mode at once")
+        if self.creating + self.reading + self.writing + self.appending > 1:
+            raise ValueError("must have exactly one of create/read/write/append mode")
+        flags = 0
+        if self.creating + self.reading + self.writing + self.appending != 1:
+            flags = -1  # FileIO's error, raised after the encoding checks
+        elif self.creating:
+            flags = os.O_EXCL | os.O_CREAT
+        elif self.reading:
+            flags = 0
+        elif self.writing:
+            flags = os.O_CREAT | os.O_TRUNC
+        else:
+            flags = os.O_APPEND | os.O_CREAT
+        if flags >= 0:
+            if self.updating:
+                flags |= os.O_RDWR
+            elif self.reading:
+                flags |= os.O_RDONLY
+            else:
+                flags |= os.O_WRONLY
+            flags |= os.O_CLOEXEC
+        self.flags = flags
+
+    @property
+    def readable(self) -> bool:
+        return self.reading or self.updating
+
+    @property
+    def writable(self) -> bool:
+        return not self.reading or self.updating
+
+
+async def _open_raw(
+    ring: Ring,
+    file: Any,
+    mode: _Mode,
+    closefd: bool,
+    opener: Callable[[str, int], int] | None,
+    limiter: _AnyioCapacityLimiter | None,
+) -> RawFile:
+    """FileIO's constructor: OPENAT (or adopt an fd / call the opener), then STATX."""
+    flags = mode.flags
+    adopted = isinstance(file, int)
+    if adopted:
+        assert isinstance(file, int)
+        if file < 0:
+            raise ValueError("negative file descriptor")
+        fd = file
+        own_fd = False
+    else:
+        if not closefd:
+            raise ValueError("Cannot use closefd=False with file name")
+        if opener is None:
+            res = await wait_operation(ring.openat(AT_FDCWD, file, flags, 0o666))
+            if res < 0:
+                raise os_error(res, file)
+            fd = res
+        else:
+            fd = await run_sync_in_thread(opener, file, flags, limiter=limiter)
+            if not isinstance(fd, int):
+                raise TypeError("expected integer from opener")
+            if fd < 0:
+                raise ValueError(f"opener returned {fd}")
+            adopted = True
+        own_fd = True
+    try:
+        if _use_statx(ring):
+            st = await ring_stat(ring, fd, b"", AT_EMPTY_PATH, None)
+        else:
+            st = await run_sync_in_thread(os.fstat, fd, limiter=limiter)
+        if _stat.S_ISDIR(st.st_mode):
+            raise os_error(-errno.EISDIR, file)
+        positional = _stat.S_ISREG(st.st_mode) or _stat.S_ISBLK(st.st_mode)
+        pos = 0
+        if mode.appending and positional:
+            pos = st.st_size
+        elif adopted and positional:
+            pos = os.lseek(fd, 0, os.SEEK_CUR)  # no LSEEK opcode; never blocks
+        return RawFile(
+            ring,
+            fd,
+            file,
+            readable=mode.readable,
+            writable=mode.writable,
+            appending=mode.appending,
+            created=mode.creating,
+            closefd=closefd,
+            st=st,
+            pos=pos,
+            adopted=adopted,
+            limiter=limiter,
+        )
+    except BaseException:
+        if own_fd:
+            with CancelScope(shield=True):
+                await wait_operation(ring.close_fd(fd))
+        raise
+
+
+async def _close_quietly(f: AsyncFile[Any]) -> None:
+    with CancelScope(shield=True):
+        try:
+            async with f._lock:
+                await f._close_u()
+        except Exception:
+            pass
+
+
+@overload
+async def open_file(
+    file: str | os.PathLike[str] | int,
+    mode: OpenBinaryMode,
+    buffering: int = ...,
+    encoding: str | None = ...,
+    errors: str | None = ...,
+    newline: str | None = ...,
+    closefd: bool = ...,
+    opener: Callable[[str, int], int] | None = ...,
+    *,
+    limiter: _AnyioCapacityLimiter | None = ...,
+) -> AsyncFile[bytes]: ...
+
+
+@overload
+async def open_file(
+    file: str | os.PathLike[str] | int,
+    mode: OpenTextMode = ...,
+    buffering: int = ...,
+    encoding: str | None = ...,
+    errors: str | None = ...,
+    newline: str | None = ...,
+    closefd: bool = ...,
+    opener: Callable[[str, int], int] | None = ...,
+    *,
+    limiter: _AnyioCapacityLimiter | None = ...,
+) -> AsyncFile[str]: ...
+
+
+async def open_file(
+    file: str | os.PathLike[str] | int,
+    mode: str = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Callable[[str, int], int] | None = None,
+    *,
+    limiter: _AnyioCapacityLimiter | None = None,
+) -> AsyncFile[Any]:
+    """Open a file with its I/O on the ring; the arguments are those of :func:`anyio.open_file`
+    (and of the builtin :func:`open`).
+
+    Returns a :class:`RawFile` (``buffering=0``), a :class:`BufferedFile` (binary) or a
+    :class:`TextFile`; all are :class:`AsyncFile` (and :class:`anyio.AsyncFile`) objects.
+    ``limiter`` applies to the worker-thread fallbacks (``opener``, ``SEEK_DATA``, kernels
+    without STATX/FTRUNCATE).  Must be called from inside an ``anyio_uring`` loop.
+    """
+    return await open_any(file, mode, buffering, encoding, errors, newline, closefd, opener, limiter)
+
+
+async def open_any(
+    file: Any,
+    mode: str = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+    closefd: bool = True,
+    opener: Callable[[str, int], int] | None = None,
+    limiter: _AnyioCapacityLimiter | None = None,
+) -> AsyncFile[Any]:
+    """:func:`open_file` without the overloads (``mode`` is any ``str``)."""
+    ring = current_runner().ring
+    if limiter is not None and not isinstance(limiter, _AnyioCapacityLimiter):
+        raise TypeError(f"limiter must be a CapacityLimiter or None, not {limiter.__class__.__name__}")
+    if not isinstance(file, (str, bytes, int)):
+        file = os.fspath(file)
+    if isinstance(file, bool):
+        warnings.warn("bool is used as a file descriptor", RuntimeWarning, stacklevel=3)
+        file = int(file)
+    buffering = _int_arg(buffering)
+    _check_str_or_none(encoding, "encoding")
+    _check_str_or_none(errors, "errors")
+    _check_str_or_none(newline, "newline")
+    closefd = bool(_int_arg(closefd))
+    m = _Mode(mode)
+    if m.binary and encoding is not None:
+        raise ValueError("binary mode doesn't take an encoding argument")
+    if m.binary and errors is not None:
+        raise ValueError("binary mode doesn't take an errors argument")
+    if m.binary and newline is not None:
+        raise ValueError("binary mode doesn't take a newline argument")
+    if m.binary and buffering == 1:
+        warnings.warn(
+            "line buffering (buffering=1) isn't supported in binary mode, "
+            "the default buffer size will be used",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    if m.flags < 0:
+        raise ValueError("Must have exactly one of create/read/write/append mode and at most one plus")
+    if (isinstance(file, str) and "\0" in file) or (isinstance(file, bytes) and b"\0" in file):
+        raise ValueError("embedded null byte")
+    await checkpoint_if_cancelled()
+    raw = await _open_raw(ring, file, m, closefd, opener, limiter)
+    result: AsyncFile[Any] = raw
+    try:
+        line_buffering = False
+        if buffering == 1 or (buffering < 0 and raw._isatty):
+            buffering = -1
+            line_buffering = True
+        if buffering < 0:
+            buffering = raw._blksize if raw._blksize > 1 else DEFAULT_BUFFER_SIZE
+        if buffering == 0:
+            if m.binary:
+                return raw
+            raise ValueError("can't have unbuffered text I/O")
+        buffered = BufferedFile(raw, buffering)
+        result = buffered
+        if m.binary:
+            return buffered
+        if newline is not None and newline not in ("", "\n", "\r", "\r\n"):
+            raise ValueError(f"illegal newline value: {newline}")
+        return TextFile(buffered, encoding, errors, newline, line_buffering, mode)
+    except BaseException:
+        await _close_quietly(result)
+        raise
