@@ -4,6 +4,8 @@
 (``anyio.run(main, backend="uring")``) is built on the same runtime.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._core import (
     Abort,
     Cancelled,
@@ -45,6 +47,7 @@ __all__ = [
     "IoUringUnavailableError",
     "MockClock",
     "Nursery",
+    "Path",
     "RingClosedError",
     "RingOptions",
     "Runner",
@@ -62,6 +65,7 @@ __all__ = [
     "fail_at",
     "move_on_after",
     "move_on_at",
+    "open_file",
     "open_nursery",
     "register",
     "run",
@@ -72,6 +76,24 @@ __all__ = [
     "wait_operation",
     "wait_task_rescheduled",
 ]
+
+if TYPE_CHECKING:
+    from ._files import open_file
+    from ._paths import Path
+
+
+def __getattr__(name: str) -> Any:
+    # Files and paths subclass anyio's classes: import them (and anyio) on first use only.
+    if name == "open_file":
+        from ._files import open_file
+
+        return open_file
+    if name == "Path":
+        from ._paths import Path
+
+        return Path
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Make the anyio backend "uring" known (see _registration.py); does not import anyio.
 register(import_anyio=False)
