@@ -543,3 +543,38 @@ def test_outer_cancellation_with_a_child_error(lib: Lib) -> None:
         log.append("not reached")
 
     assert run_expecting(lib, main) == (("ExceptionGroup", ["ValueError('cleanup')"]), [])
+
+
+def test_started_while_start_is_cancelled_does_not_move_the_task(lib: Lib) -> None:
+    # The child calls started() while a Cancelled from the *caller's* scope propagates through
+    # it.  Moving it into the target nursery would carry that Cancelled to a place where no
+    # cancelled scope catches it: the target nursery would be cancelled, killing the sibling.
+    # trio leaves the child where it is; start() then raises Cancelled in the caller.
+    async def main(log: list[str]) -> None:
+        async def sibling() -> None:
+            await lib.sleep(5)
+            log.append(f"sibling done at {lib.current_time()}")
+
+        async def child(*, task_status: Any) -> None:
+            try:
+                await lib.sleep_forever()
+            except lib.Cancelled:
+                task_status.started("late")
+                raise
+
+        async with lib.open_nursery() as nursery:
+            nursery.start_soon(sibling)
+            with lib.CancelScope() as scope:
+
+                async def canceller() -> None:
+                    await lib.sleep(1)
+                    scope.cancel()
+
+                nursery.start_soon(canceller)
+                log.append(f"start returned {await nursery.start(child)}")
+            log.append(f"caller's scope caught={scope.cancelled_caught} at {lib.current_time()}")
+
+    assert run_expecting(lib, main) == (
+        ("returned", None),
+        ["caller's scope caught=True at 1.0", "sibling done at 5.0"],
+    )

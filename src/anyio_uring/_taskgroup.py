@@ -53,6 +53,12 @@ class TaskStatus(Generic[T]):
         old, new = self._old, self._new
         if old._closed:
             return  # the starting task is already unwinding
+        if old._cancel_status.effectively_cancelled:
+            # start() is being cancelled: leave the task where it is, it will exit on its own.
+            # Moved into the new nursery, a Cancelled propagating out of it (raised by one of
+            # the *caller's* scopes) would reach no cancelled scope there and would cancel the
+            # whole new nursery instead.
+            return
         if new._closed:
             raise RuntimeError("Nursery is closed to new arrivals")
         # Move the tasks...
