@@ -120,6 +120,14 @@ def os_error(res: int, filename: object = None, filename2: object = None) -> OSE
     return OSError(err, os.strerror(err), filename, None, filename2)
 
 
+def fspath(path: Any) -> str | bytes:
+    """``os.fspath`` plus the ``os`` module's check for NUL bytes."""
+    result: str | bytes = os.fspath(path)
+    if (b"\0" if isinstance(result, bytes) else "\0") in result:  # type: ignore[operator]
+        raise ValueError("embedded null byte")
+    return result
+
+
 def _unsupported(message: str) -> io.UnsupportedOperation:
     return io.UnsupportedOperation(message)
 
@@ -639,31 +647,21 @@ class RawFile(AsyncFile[bytes]):
             view = view[:_MAX_RW]
         return await self._pread(view)
 
-    async def _readline_u(self, limit: int) -> bytes:
+    async def _readline_u(self) -> bytes:
         # Positional files read ahead into the stash; streams read byte by byte like FileIO.
         stash = self._stash
         searched = 0
+        want = DEFAULT_BUFFER_SIZE if self._positional else 1
         while True:
             i = stash.find(b"\n", searched)
             if i >= 0:
-                end = i + 1
-                break
-            if 0 <= limit <= len(stash):
-                end = limit
-                break
+                return self._take_stash(i + 1)
             searched = len(stash)
-            want = DEFAULT_BUFFER_SIZE if self._positional else 1
-            if limit >= 0:
-                want = min(want, limit - len(stash))
             buf = bytearray(want)
             n = await self._pread(buf)
             if n == 0:
-                end = len(stash)
-                break
+                return self._take_stash(-1)
             stash += memoryview(buf)[:n]
-        if 0 <= limit < end:
-            end = limit
-        return self._take_stash(end)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -704,30 +702,24 @@ class RawFile(AsyncFile[bytes]):
     async def readinto1(self, b: WriteableBuffer) -> int:
         raise self._no_attribute("readinto1")
 
-    async def readline(self, size: int | None = -1) -> bytes:
-        limit = _index(size)
+    async def readline(self) -> bytes:
         async with self._lock:
             self._check_closed()
             self._check_readable()
             await checkpoint_if_cancelled()
-            return await self._readline_u(limit)
+            return await self._readline_u()
 
-    async def readlines(self, hint: int | None = -1) -> list[bytes]:
-        limit = _index(hint)
+    async def readlines(self) -> list[bytes]:
         async with self._lock:
             self._check_closed(_CLOSED_IO + ".")
             self._check_readable()
             await checkpoint_if_cancelled()
             lines: list[bytes] = []
-            total = 0
             while True:
-                line = await self._readline_u(-1)
+                line = await self._readline_u()
                 if not line:
                     return lines
                 lines.append(line)
-                total += len(line)
-                if 0 < limit <= total:
-                    return lines
 
     async def write(self, b: ReadableBuffer) -> int:
         async with self._lock:
@@ -946,28 +938,19 @@ class BufferedFile(AsyncFile[bytes]):
             del buf[got:]
         return bytes(buf)
 
-    async def _readline_u(self, limit: int) -> bytes:
+    async def _readline_u(self) -> bytes:
         await self._prepare_read()
         searched = 0
         raw = self._raw
+        request = self._buffer_size
         while True:
-            rbuf = self._rbuf
-            i = rbuf.find(b"\n", searched)
+            i = self._rbuf.find(b"\n", searched)
             if i >= 0:
-                end = i + 1
-                break
-            if 0 <= limit <= len(rbuf):
-                end = limit
-                break
-            searched = len(rbuf)
-            request = self._buffer_size
+                return self._take(i + 1)
+            searched = len(self._rbuf)
             got = await self._fill(request)
             if got == 0 or (raw._at_eof(request, got) and self._rbuf.find(b"\n", searched) < 0):
-                end = len(self._rbuf)
-                break
-        if 0 <= limit < end:
-            end = limit
-        return self._take(end)
+                return self._take(len(self._rbuf))
 
     async def _write_u(self, view: memoryview) -> int:
         self._prepare_write()
@@ -983,6 +966,15 @@ class BufferedFile(AsyncFile[bytes]):
             return n
         await self._write_all(view)
         return n
+
+    def _accept(self, data: bytes) -> None:
+        """Take ``data`` into the write buffer (no I/O; see :meth:`_flush_excess`)."""
+        self._prepare_write()
+        self._wbuf += data
+
+    async def _flush_excess(self) -> None:
+        if len(self._wbuf) > self._buffer_size:
+            await self._flush_u()
 
     async def _write_all(self, view: memoryview) -> None:
         raw = self._raw
@@ -1093,29 +1085,23 @@ class BufferedFile(AsyncFile[bytes]):
             view[: len(data)] = data
             return len(data)
 
-    async def readline(self, size: int | None = -1) -> bytes:
-        limit = _index(size)
+    async def readline(self) -> bytes:
         async with self._lock:
             self._check_read("readline of closed file")
             await checkpoint_if_cancelled()
-            return await self._readline_u(limit)
+            return await self._readline_u()
 
-    async def readlines(self, hint: int | None = -1) -> list[bytes]:
-        limit = _index(hint)
+    async def readlines(self) -> list[bytes]:
         async with self._lock:
             self._check_closed(_CLOSED_IO + ".")
             self._check_read("readline of closed file")
             await checkpoint_if_cancelled()
             lines: list[bytes] = []
-            total = 0
             while True:
-                line = await self._readline_u(-1)
+                line = await self._readline_u()
                 if not line:
                     return lines
                 lines.append(line)
-                total += len(line)
-                if 0 < limit <= total:
-                    return lines
 
     async def write(self, b: ReadableBuffer) -> int:
         if not self._writable:
@@ -1271,6 +1257,9 @@ class TextFile(AsyncFile[str]):
         #: ``(b"", dec_flags)`` yields ``_chars``; the bytes end at the buffer's position.
         self._snapshot: tuple[int, bytes] | None = None
         self._b2cratio = 0.0
+        #: Encoded text not yet handed to the buffer (C's ``pending_bytes``, up to a chunk).
+        self._pending: list[bytes] = []
+        self._pending_count = 0
         if self._seekable and self._encoder is not None and raw._positional and raw._pos > 0:
             self._encoder.setstate(0)  # no BOM in the middle of a file
 
@@ -1332,6 +1321,10 @@ class TextFile(AsyncFile[str]):
     def _check_closed(self) -> None:
         if self._buffer._raw._closed:
             raise ValueError(_CLOSED_IO + ".")
+
+    def __del__(self) -> None:
+        if getattr(self, "_pending", None) and not self._buffer._raw._closed:
+            self._writeflush()  # the buffer's finalizer writes it
 
     # -- decoding ----------------------------------------------------------------------------
 
@@ -1396,6 +1389,7 @@ class TextFile(AsyncFile[str]):
         decoder = self._decoder
         if decoder is None:
             raise _unsupported("not readable")
+        self._writeflush()
         if n < 0:
             data = await self._buffer._read_u(-1)
             result: str = self._chars[self._used :] + decoder.decode(data, True)
@@ -1409,21 +1403,18 @@ class TextFile(AsyncFile[str]):
         self._used = start + len(result)
         return result
 
-    async def _readline_u(self, limit: int) -> str:
+    async def _readline_u(self) -> str:
         if self._decoder is None:
             raise _unsupported("not readable")
+        self._writeflush()
         start = self._used
         search = start
         while True:
             chars = self._chars
             end, consumed = self._find_line_ending(chars, search) if search < len(chars) else (-1, search)
             if end >= 0:
-                if 0 <= limit < end - start:
-                    end = start + limit
-                break
-            if 0 <= limit <= consumed - start:
-                end = start + limit
-                break
+                self._used = end
+                return chars[start:end]
             offset = consumed - start
             pending = len(chars) - start
             hint = pending if pending > 2 * self._chunk_size else 0  # long line: grow the chunks
@@ -1437,9 +1428,6 @@ class TextFile(AsyncFile[str]):
                 line = self._chars[start:]
                 self._reset_read_state()
                 return line
-        line = self._chars[start:end]
-        self._used = end
-        return line
 
     async def _write_u(self, s: str) -> int:
         encoder = self._encoder
@@ -1450,17 +1438,31 @@ class TextFile(AsyncFile[str]):
         if haslf and self._writetranslate and self._writenl is not None:
             s = s.replace("\n", self._writenl)
         needflush = self._line_buffering and (haslf or "\r" in s)
-        data = encoder.encode(s)
-        await self._buffer._write_u(memoryview(data))
-        if needflush and self._buffer._wbuf:
-            await self._buffer._flush_u()
+        data: bytes = encoder.encode(s)
+        self._pending.append(data)
+        self._pending_count += len(data)
+        if self._pending_count >= self._chunk_size or needflush:
+            self._writeflush()
+            await self._buffer._flush_excess()
+            if needflush and self._buffer._wbuf:
+                await self._buffer._flush_u()
         self._reset_read_state()
         if self._decoder is not None:
             self._decoder.reset()
         return length
 
+    def _writeflush(self) -> None:
+        """Move the pending encoded text into the buffer (no I/O, so nothing can be lost)."""
+        if self._pending:
+            pending = self._pending
+            data = pending[0] if len(pending) == 1 else b"".join(pending)
+            self._pending = []
+            self._pending_count = 0
+            self._buffer._accept(data)
+
     async def _flush_u(self) -> None:
         self._telling = self._seekable
+        self._writeflush()
         if self._buffer._wbuf:
             await self._buffer._flush_u()
 
@@ -1546,7 +1548,8 @@ class TextFile(AsyncFile[str]):
         finally:
             decoder.setstate(saved_state)
 
-    async def _seek_u(self, cookie: int, whence: int) -> int:
+    async def _seek_u(self, cookie: Any, whence: int) -> Any:
+        # ``cookie`` is compared and converted the way C's TextIOWrapper.seek does it.
         if not self._seekable:
             raise _unsupported("underlying stream is not seekable")
         if whence == os.SEEK_CUR:
@@ -1568,7 +1571,7 @@ class TextFile(AsyncFile[str]):
         if cookie < 0:
             raise ValueError(f"negative seek position {cookie!r}")
         await self._flush_u()
-        start_pos, dec_flags, bytes_to_feed, chars_to_skip, need_eof = _parse_cookie(cookie)
+        start_pos, dec_flags, bytes_to_feed, chars_to_skip, need_eof = _parse_cookie(int(cookie))
         await self._buffer._seek_u(start_pos, 0)
         self._reset_read_state()
         if self._decoder is not None:
@@ -1612,29 +1615,23 @@ class TextFile(AsyncFile[str]):
     async def readinto1(self, b: WriteableBuffer) -> int:
         raise self._no_attribute("readinto1")
 
-    async def readline(self, size: int | None = -1) -> str:
-        limit = _int_arg(size) if size is not None else -1
+    async def readline(self) -> str:
         async with self._lock:
             self._check_closed()
             await checkpoint_if_cancelled()
-            return await self._readline_u(limit)
+            return await self._readline_u()
 
-    async def readlines(self, hint: int | None = -1) -> list[str]:
-        limit = _index(hint)
+    async def readlines(self) -> list[str]:
         async with self._lock:
             self._check_closed()
             await checkpoint_if_cancelled()
             lines: list[str] = []
-            total = 0
             while True:
-                line = await self._readline_u(-1)
+                line = await self._readline_u()
                 if not line:
                     self._snapshot = None
                     return lines
                 lines.append(line)
-                total += len(line)
-                if 0 < limit <= total:
-                    return lines
 
     async def write(self, b: str) -> int:
         async with self._lock:
@@ -1654,12 +1651,12 @@ class TextFile(AsyncFile[str]):
                 await self._write_u(line)
 
     async def seek(self, offset: int, whence: int | None = os.SEEK_SET) -> int:
-        cookie = _int_arg(offset)
         how = _int_arg(whence)
         async with self._lock:
             self._check_closed()
             await checkpoint_if_cancelled()
-            return await self._seek_u(cookie, how)
+            result: int = await self._seek_u(offset, how)
+            return result
 
     async def tell(self) -> int:
         async with self._lock:

@@ -60,6 +60,7 @@ from ._files import (
     AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
     AsyncFile,
+    fspath,
     open_any,
     os_error,
     ring_stat,
@@ -90,8 +91,7 @@ def _raw_path(path: object) -> Any:
 
 
 def _fs(path: Any) -> str | bytes:
-    result: str | bytes = os.fspath(path)
-    return result
+    return fspath(path)
 
 
 P = TypeVar("P", bound="Path")
