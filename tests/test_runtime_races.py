@@ -673,3 +673,61 @@ def test_ctrl_c_not_lost_when_aborted_op_returns_data(big_file: Path) -> None:
     outcomes = json.loads(proc.stdout)
     assert not any("LOST" in key for key in outcomes), outcomes
     assert outcomes.get("data after the abort, then KeyboardInterrupt"), outcomes
+
+
+WAIT_DONE_SCRIPT = r"""
+import errno, json, socket
+import anyio_uring as au
+from anyio_uring._core import current_runner
+
+out = {}
+
+async def main():
+    ring = current_runner().ring
+    nop = ring.nop()
+    await au.sleep(0.01)  # completes with nobody waiting
+    assert nop.done
+    out["late wait"] = await au.wait_operation(nop)
+    a, b = socket.socketpair()
+    withdrawn = ring.recv(a.fileno(), bytearray(8))
+    ring.cancel(withdrawn)  # withdrawn before any enter: done, -ECANCELED
+    with au.CancelScope() as scope:
+        scope.cancel()
+        # a result already in hand is returned even in a cancelled scope...
+        out["withdrawn"] = await au.wait_operation(withdrawn)
+        out["then"] = "not cancelled"
+        await au.checkpoint()  # ...and the cancellation lands at the next checkpoint
+        out["then"] = "checkpoint passed"
+    out["caught"] = scope.cancelled_caught
+    recv = ring.recv(a.fileno(), bytearray(8))
+    async with au.open_nursery() as nursery:
+        nursery.start_soon(au.wait_operation, recv)
+        await au.checkpoint()
+        try:
+            await au.wait_operation(recv)
+        except RuntimeError as exc:
+            out["second waiter"] = "already waiting" in str(exc)
+        b.send(b"x")
+    a.close(); b.close()
+
+au.run(main)
+print(json.dumps(out))
+"""
+
+
+def test_wait_operation_on_a_completed_op_returns() -> None:
+    """Waiting for an operation that already completed (or was withdrawn) returns its result at
+    once instead of parking forever -- uncancellably, since the abort can only answer FAILED.
+    A second waiter on one operation is refused instead of silently stranding the first.
+    (A subprocess: the failure mode is a hang.)"""
+    proc = subprocess.run(
+        [sys.executable, "-c", WAIT_DONE_SCRIPT], capture_output=True, text=True, timeout=20, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {
+        "late wait": 0,
+        "withdrawn": -errno.ECANCELED,
+        "then": "not cancelled",
+        "caught": True,
+        "second waiter": True,
+    }

@@ -37,7 +37,7 @@ from ._core._run import (
     Task,
     current_task,
 )
-from ._core._traps import Abort, RaiseCancel, wait_task_rescheduled
+from ._core._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from typing import Self
@@ -473,6 +473,15 @@ async def wait_operation(op: Operation) -> int:
     result is returned (and the cancellation lands at the next checkpoint).
     """
     task = current_task()
+    if op.done:
+        # Completed (or withdrawn) before anyone waited: no callback will ever come, and the
+        # abort could only answer FAILED -- parking would never end, not even by cancellation.
+        # Hand the result over at a schedule point (not a cancel point: it must not be lost).
+        await cancel_shielded_checkpoint()
+        assert op.result is not None
+        return op.result
+    if op.callback is not None:
+        raise RuntimeError(f"another task is already waiting for {op!r}")
     waiter = _OpWaiter(task, op)
     op.callback = waiter.completed
     result: int = await wait_task_rescheduled(waiter.abort)
