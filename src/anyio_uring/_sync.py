@@ -246,8 +246,8 @@ class CapacityLimiter:
     def total_tokens(self, value: float) -> None:
         if not isinstance(value, int) and value != math.inf:
             raise TypeError("total_tokens must be an int or math.inf")
-        if value < 1:
-            raise ValueError("total_tokens must be >= 1")
+        if value < 0:
+            raise ValueError("total_tokens must be >= 0")
         self._total = value
         self._wake_waiters()
 

@@ -177,7 +177,8 @@ class Nursery:
                 async with open_nursery() as old:
                     status: TaskStatus[Any] = TaskStatus(old, self)
                     thunk = functools.partial(async_fn, task_status=status)
-                    task = self._parent_task._runner.spawn(thunk, args, old, name or async_fn)
+                    task_name = async_fn if name is None else name
+                    task = self._parent_task._runner.spawn(thunk, args, old, task_name)
                     task._eventual_parent_nursery = self
             except BaseExceptionGroup as group:
                 if len(group.exceptions) == 1:
@@ -228,7 +229,9 @@ class NurseryManager:
             raise combined
         finally:
             combined.__context__ = context
-            del combined, context
+            # This frame stays reachable from the traceback: drop its references to the
+            # exceptions, or they (and everything they reference) live on in a cycle.
+            del combined, context, new_exc, exc, tb
 
 
 def open_nursery() -> NurseryManager:

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import sniffio
+
 from ._core._run import GLOBAL, Error, Runner, Task, checkpoint_if_cancelled, current_runner, current_task
 from ._core._traps import Abort, RaiseCancel, wait_task_rescheduled
 from ._sync import CapacityLimiter
@@ -105,6 +107,10 @@ class _Worker:
                 result = Error(exc)
             finally:
                 worker_local.runner = worker_local.task = worker_local.job = None
+                # Drop the payload now: once the result is posted, the task may resume (and
+                # expect fn, its arguments and its context to be freeable) before this thread
+                # gets to run its next line.
+                del job.fn, job.args, job.context
             with pool.lock:
                 pool.idle.append(self)
             try:
@@ -199,7 +205,10 @@ async def to_thread_run_sync(
         if not job.abandoned:
             runner.reschedule(task, result)
 
-    job = _Job(runner, task, fn, args, contextvars.copy_context(), deliver)
+    context = contextvars.copy_context()
+    # The thread is not in async context, even if sniffio's context variable says otherwise.
+    context.run(sniffio.current_async_library_cvar.set, None)
+    job = _Job(runner, task, fn, args, context, deliver)
 
     def abort(raise_cancel: RaiseCancel) -> Abort:
         job.cancelled = True
@@ -259,12 +268,18 @@ def from_thread_run_sync(fn: Callable[..., T], *args: Any, runner: Runner | None
 
 
 def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner | None = None) -> T:
-    """From another thread: run ``await fn(*args)`` in a new system task and return its result."""
+    """From another thread: run ``await fn(*args)`` in a new system task and return its result.
+
+    Called from a worker thread whose task still waits for it, the new task runs under that
+    task's cancel scopes (as in trio): cancelling them cancels ``fn``.  Otherwise (another
+    thread, or the task abandoned its thread) it runs under the loop's system scope.
+    """
     runner = runner or _loop_runner_for_this_thread()
     _check_not_loop_thread(runner)
     done = threading.Event()
     box: list[Any] = []
     context = contextvars.copy_context()
+    job = worker_local.job if worker_local.runner is runner else None
 
     async def wrapper() -> None:
         try:
@@ -275,8 +290,12 @@ def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner 
             done.set()
 
     def spawn() -> None:
+        host = job.task if job is not None and not job.abandoned else None
+        status = host._cancel_status if host is not None else None
         try:
-            runner.spawn(wrapper, (), None, fn, system=True, context=context, cancel_status=_system(runner))
+            if status is None:
+                status = _system(runner)
+            runner.spawn(wrapper, (), None, fn, system=True, context=context, cancel_status=status)
         except BaseException as exc:
             box.append(Error(exc))
             done.set()

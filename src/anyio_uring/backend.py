@@ -332,15 +332,13 @@ class TaskGroup(anyio.abc.TaskGroup):
         try:
             return await self._manager.__aexit__(exc_type, exc_val, exc_tb)
         except BaseExceptionGroup as group:
-            cancelled, rest = group.split(Cancelled)
-            if rest is None and cancelled is not None:
+            if _only_cancelled(group):
                 # Only cancellations from an enclosing scope: anyio code expects the bare
                 # cancellation exception, so that ``except get_cancelled_exc_class()`` works.
-                first = _first_leaf(cancelled)
-                raise Cancelled(*first.args) from group
+                raise Cancelled(*_first_leaf(group).args) from group
             raise
         finally:
-            del exc_val, exc_tb
+            del exc_val, exc_tb  # this frame stays reachable from the traceback
             self._active = False
 
     def _check_active(self, coro: Coroutine[Any, Any, Any] | None = None) -> Nursery:
@@ -396,6 +394,13 @@ class TaskGroup(anyio.abc.TaskGroup):
             handle._start_value = value
             return handle
         return value
+
+
+def _only_cancelled(group: BaseExceptionGroup[BaseException]) -> bool:
+    return all(
+        _only_cancelled(exc) if isinstance(exc, BaseExceptionGroup) else isinstance(exc, Cancelled)
+        for exc in group.exceptions
+    )
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -713,7 +718,7 @@ def _is_finished(runner: Runner | None) -> bool:
 
 
 # ------------------------------------------------------------------------------------------
-# process pools, signals
+# process pools
 # ------------------------------------------------------------------------------------------
 
 
@@ -728,29 +733,6 @@ async def _shutdown_process_pool(workers: set[anyio.abc.Process]) -> None:
         with _NativeCancelScope(shield=True):
             for process in workers:
                 await process.aclose()
-
-
-class _SignalIterator:
-    """Turns the runtime's signal numbers into ``signal.Signals`` (what anyio promises)."""
-
-    __slots__ = ("_numbers",)
-
-    def __init__(self, numbers: AsyncIterator[int]) -> None:
-        self._numbers = numbers
-
-    def __aiter__(self) -> _SignalIterator:
-        return self
-
-    async def __anext__(self) -> signal.Signals:
-        return signal.Signals(await self._numbers.__anext__())
-
-
-@contextmanager
-def _signal_receiver(signals: tuple[signal.Signals, ...]) -> Iterator[AsyncIterator[signal.Signals]]:
-    from ._signals import open_signal_receiver
-
-    with open_signal_receiver(*signals) as numbers:
-        yield _SignalIterator(numbers)
 
 
 def _no_sockets(what: str) -> NotImplementedError:
@@ -843,7 +825,7 @@ class TestRunner(anyio.abc.TestRunner):
         value: T = job.value
         return value
 
-    def _call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+    def _call(self, func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         runner = self._runner
         if runner is None:
             raise RuntimeError("the anyio_uring test runner is not open (use it as a context manager)")
@@ -1179,7 +1161,9 @@ class UringBackend(anyio.abc.AsyncBackend):
     def open_signal_receiver(
         cls, *signals: signal.Signals
     ) -> AbstractContextManager[AsyncIterator[signal.Signals]]:
-        return _signal_receiver(signals)
+        from ._signals import open_signal_receiver
+
+        return open_signal_receiver(*signals)
 
     # -- testing -----------------------------------------------------------------------------
 

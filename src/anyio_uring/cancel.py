@@ -28,7 +28,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._core._run import (
     GLOBAL,
@@ -106,6 +106,22 @@ class CancelStatus:
                         task._attempt_delivery_of_any_pending_cancel()
                 todo.extend(status.children)
 
+    def cancelled(self) -> Cancelled:
+        """The exception for a task under this (effectively cancelled) status: it names the
+        scope whose cancellation reaches the task -- its reason, and the task that cancelled it."""
+        status: CancelStatus | None = self
+        while status is not None:
+            scope = status.scope
+            if scope._cancel_called:
+                return Cancelled(scope._cancel_message())
+            if scope._shield:
+                break
+            status = status._parent
+        return Cancelled()
+
+    def raise_cancel(self) -> NoReturn:
+        raise self.cancelled()
+
     def encloses(self, other: CancelStatus | None) -> bool:
         while other is not None:
             if other is self:
@@ -138,6 +154,7 @@ class CancelScope:
 
     __slots__ = (
         "_cancel_called",
+        "_cancel_source",
         "_cancel_status",
         "_deadline",
         "_has_been_entered",
@@ -166,6 +183,7 @@ class CancelScope:
         self._relative_deadline = relative_deadline
         self._shield = shield
         self._cancel_called = False
+        self._cancel_source: str | None = None
         self._cancel_status: CancelStatus | None = None
         self._has_been_entered = False
         self._runner: Runner | None = None
@@ -208,10 +226,16 @@ class CancelScope:
             return True
         if remaining is exc:
             return False
+        # Raising here would make the exception being handled (``exc``) the new one's
+        # __context__; keep the context it already has (e.g. a group split from ``exc``).
+        context = remaining.__context__
         try:
             raise remaining
         finally:
-            remaining = None  # break the reference cycle through the frame
+            remaining.__context__ = context
+            # Break the reference cycles through this frame (reachable from the traceback).
+            remaining = context = None
+            del exc, tb
 
     def _close(self, exc: BaseException | None) -> BaseException | None:
         status = self._cancel_status
@@ -266,9 +290,17 @@ class CancelScope:
             return
         self._cancel_called = True
         self.cancel_reason = reason if reason is not None else "explicit"
+        if GLOBAL.task is not None:
+            self._cancel_source = repr(GLOBAL.task)
         self._update_timer()
         if self._cancel_status is not None:
             self._cancel_status.recalculate()
+
+    def _cancel_message(self) -> str:
+        message = f"cancelled ({self.cancel_reason or 'explicit'})"
+        if self._cancel_source is not None:
+            message += f" by {self._cancel_source}"
+        return message
 
     def fire(self) -> None:
         """Timer callback: the deadline has passed."""

@@ -82,7 +82,7 @@ class Cancelled(BaseException):
     """
 
     def __str__(self) -> str:
-        return "Cancelled"
+        return str(self.args[0]) if self.args else "Cancelled"
 
 
 class _RunContext(threading.local):
@@ -233,7 +233,7 @@ class Task:
         status = self._cancel_status
         if status is None or not status.effectively_cancelled:
             return
-        self._attempt_abort(_raise_cancelled)
+        self._attempt_abort(status.raise_cancel)
 
     def _attempt_delivery_of_pending_ki(self) -> None:
         if self._abort_fn is None:
@@ -248,10 +248,6 @@ class Task:
             raise KeyboardInterrupt
 
         self._attempt_abort(raise_ki)
-
-
-def _raise_cancelled() -> NoReturn:
-    raise Cancelled
 
 
 # ------------------------------------------------------------------------------------------
@@ -820,7 +816,7 @@ async def checkpoint() -> None:
     task._cancel_points += 1
     status = task._cancel_status
     if status is not None and status.effectively_cancelled:
-        raise Cancelled
+        raise status.cancelled()
     runner = task._runner
     if runner.ki_pending and task is runner.main_task:
         runner.ki_pending = False

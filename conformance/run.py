@@ -1,0 +1,331 @@
+#!/usr/bin/env python3
+"""Run anyio's own test suite against the anyio backend ``"uring"``.
+
+    python conformance/run.py [--backend uring|trio] [--reference trio|none] [-k EXPR]
+
+1. Downloads the sdist of the *installed* anyio version from PyPI (``pip download anyio==X
+   --no-binary :all: --no-deps``) and extracts its ``tests/`` and ``pyproject.toml`` (anyio's
+   pytest configuration: warnings are errors, 20 s per test, ...) into ``conformance/_cache/``.
+2. Runs pytest on that suite once per backend -- the reference backend (trio by default) first,
+   then the backend under test -- each in its own process, with two plugins from this directory:
+   ``anyio_uring_conformance`` (checks that anyio really runs the backend, keeps only the tests
+   parametrized with it, records every outcome) and, for uring, ``anyio_uring_conformance_backends``
+   (makes "uring" one of anyio's backends, also in the pytest processes pytester starts).
+3. Classifies each failure of the backend under test:
+
+   * *expected*: listed in ``expected-failures.txt`` (one test id per line, then ``  # reason``):
+     tests that fail only because sockets are not implemented yet;
+   * *environment*: the same test fails on the reference backend in the same run (no IPv6
+     ``localhost``, no DNS, ...);
+   * *unexpected*: anything else.
+
+The run fails (exit status 1) on any unexpected failure and on any expected failure that passes
+now (the list must shrink as features land).  ``--update-expected`` adds the unexpected failures
+whose error is the backend's own "sockets are not yet supported" error and drops entries that
+pass.  The last line printed is ``anyio-conformance <backend>: P passed, F failed, S skipped``
+(xfailed tests count as skipped; errors in set-up or tear-down count as failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "_cache"
+EXPECTED_FILE = HERE / "expected-failures.txt"
+
+#: Modules anyio's test suite imports (its "test" dependency group), by distribution name.
+TEST_REQUIREMENTS = {
+    "pytest": "pytest",
+    "pytest_mock": "pytest-mock",
+    "pytest_timeout": "pytest-timeout",
+    "trustme": "trustme",
+    "truststore": "truststore",
+    "hypothesis": "hypothesis",
+    "psutil": "psutil",
+    "trio": "trio",
+}
+_EXPECTED_LINE = re.compile(r"^(?P<id>\S.*?)\s+#\s+(?P<reason>\S.*)$")
+
+
+# ------------------------------------------------------------------------------------------
+# the suite
+# ------------------------------------------------------------------------------------------
+
+
+def anyio_version() -> str:
+    try:
+        return version("anyio")
+    except PackageNotFoundError:
+        sys.exit("anyio-conformance: anyio is not installed in this environment")
+
+
+def check_requirements() -> None:
+    import importlib.util
+
+    missing = [dist for module, dist in TEST_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        sys.exit(
+            f"anyio-conformance: anyio's test suite needs {', '.join(missing)}; "
+            'install them with: pip install ".[test]"'
+        )
+
+
+def fetch_suite(anyio: str) -> Path:
+    """The extracted test suite of anyio ``anyio`` (downloaded once, then cached)."""
+    dest = CACHE / f"anyio-{anyio}"
+    if (dest / ".complete").exists():
+        return dest
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        subprocess.run(
+            [
+                sys.executable, "-m", "pip", "download", "--quiet", f"anyio=={anyio}",
+                "--no-binary", ":all:", "--no-deps", "--dest", tmp,
+            ],
+            check=True,
+        )  # fmt: skip
+        sdists = list(Path(tmp).glob("anyio-*.tar.gz"))
+        if len(sdists) != 1:
+            sys.exit(f"anyio-conformance: expected one anyio sdist from pip, got {sdists}")
+        extracted = Path(tmp, "x")
+        with tarfile.open(sdists[0]) as tar:
+            prefix = f"anyio-{anyio}/"
+            members = [
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(prefix + "tests/") or m.name == prefix + "pyproject.toml"
+            ]
+            tar.extractall(extracted, members=members, filter="data")
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(extracted / f"anyio-{anyio}", dest)
+        (dest / ".complete").write_text(f"anyio {anyio} test suite from {sdists[0].name}\n")
+    return dest
+
+
+# ------------------------------------------------------------------------------------------
+# running it
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    backend: str
+    results: dict[str, dict[str, Any]]
+    seconds: float
+    log: Path
+
+    def count(self, *outcomes: str) -> int:
+        return sum(1 for r in self.results.values() if r["outcome"] in outcomes)
+
+    def summary(self) -> str:
+        passed = self.count("passed")
+        failed = self.count("failed")
+        skipped = self.count("skipped", "xfailed")
+        return f"anyio-conformance {self.backend}: {passed} passed, {failed} failed, {skipped} skipped"
+
+    def failed_keys(self) -> set[str]:
+        return {r["key"] for r in self.results.values() if r["outcome"] == "failed"}
+
+
+def run_suite(suite: Path, backend: str, keyword: str | None, extra: list[str]) -> Report:
+    logs = CACHE / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    report_path = logs / f"{backend}.json"
+    log_path = logs / f"{backend}.log"
+    report_path.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
+    env["ANYIO_CONFORMANCE_BACKEND"] = backend
+    env["ANYIO_CONFORMANCE_REPORT"] = str(report_path)
+    if backend == "uring":
+        plugins = [p for p in env.get("PYTEST_PLUGINS", "").split(",") if p]
+        env["PYTEST_PLUGINS"] = ",".join([*plugins, "anyio_uring_conformance_backends"])
+    cmd = [
+        sys.executable, "-m", "pytest", "-p", "anyio_uring_conformance", "-p", "no:cacheprovider",
+        "--rootdir", str(suite), "-c", str(suite / "pyproject.toml"), "--tb=short", "-q",
+        "-m", "not network", "tests",
+    ]  # fmt: skip
+    if keyword:
+        cmd += ["-k", keyword]
+    cmd += extra
+    print(f"anyio-conformance: running anyio's tests on {backend} (log: {log_path})", flush=True)
+    start = time.monotonic()
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, cwd=suite, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    seconds = time.monotonic() - start
+    if proc.returncode not in (0, 1) or not report_path.exists():
+        tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
+        print("\n".join(tail))
+        sys.exit(
+            f"anyio-conformance: pytest on {backend} exited with status {proc.returncode} (see {log_path})"
+        )
+    data = json.loads(report_path.read_text(encoding="utf-8"))
+    return Report(backend, data["results"], seconds, log_path)
+
+
+# ------------------------------------------------------------------------------------------
+# judging it
+# ------------------------------------------------------------------------------------------
+
+
+def read_expected(path: Path = EXPECTED_FILE) -> dict[str, str]:
+    """``{test id: reason}`` from the expected-failures file."""
+    expected: dict[str, str] = {}
+    if not path.exists():
+        return expected
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _EXPECTED_LINE.match(line.strip())
+        if match is None:
+            sys.exit(f"{path}:{number}: expected '<test id>  # <reason>', got {line!r}")
+        expected[match["id"]] = match["reason"]
+    return expected
+
+
+def write_expected(entries: dict[str, str], path: Path = EXPECTED_FILE) -> None:
+    header = [
+        "# anyio tests expected to fail on the anyio backend 'uring' (see run.py), one per line:",
+        "#   <test id>  # <one-line reason>",
+        "# Only tests that fail because sockets (and TLS / streams over sockets) are not implemented",
+        "# yet belong here. conformance/run.py fails when a listed test passes: then remove it.",
+    ]
+    width = max((len(test_id) for test_id in entries), default=0)
+    lines = [f"{test_id.ljust(width)}  # {reason}" for test_id, reason in sorted(entries.items())]
+    path.write_text("\n".join([*header, *lines]) + "\n", encoding="utf-8")
+
+
+@dataclass
+class Verdict:
+    expected: list[str] = field(default_factory=list)
+    environment: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    now_passing: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.unexpected or self.now_passing or self.missing)
+
+
+def judge(target: Report, reference: Report | None, expected: dict[str, str], filtered: bool) -> Verdict:
+    verdict = Verdict()
+    reference_failures = reference.failed_keys() if reference is not None else set()
+    for test_id, result in sorted(target.results.items()):
+        if result["outcome"] == "failed":
+            if test_id in expected:
+                verdict.expected.append(test_id)
+            elif result["key"] in reference_failures:
+                verdict.environment.append(test_id)
+            else:
+                verdict.unexpected.append(test_id)
+        elif result["outcome"] == "passed" and test_id in expected:
+            verdict.now_passing.append(test_id)
+    if not filtered:
+        verdict.missing = sorted(set(expected) - set(target.results))
+    return verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backend", choices=("uring", "trio"), default="uring", help="backend under test")
+    parser.add_argument(
+        "--reference",
+        choices=("trio", "none"),
+        default=None,
+        help="backend run first for comparison (default: trio when testing uring)",
+    )
+    parser.add_argument("-k", "--k", dest="keyword", help="only run tests matching this pytest -k expression")
+    parser.add_argument(
+        "--update-expected",
+        action="store_true",
+        help="add unexpected socket-only failures to expected-failures.txt and drop entries that pass",
+    )
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = parser.parse_args(argv)
+    reference_backend = args.reference or ("trio" if args.backend == "uring" else "none")
+    if reference_backend == args.backend:
+        reference_backend = "none"
+
+    check_requirements()
+    anyio = anyio_version()
+    suite = fetch_suite(anyio)
+    print(f"anyio-conformance: anyio {anyio} test suite ({suite})", flush=True)
+    expected = read_expected() if args.backend == "uring" else {}
+
+    reference = None
+    if reference_backend != "none":
+        reference = run_suite(suite, reference_backend, args.keyword, args.pytest_args)
+    target = run_suite(suite, args.backend, args.keyword, args.pytest_args)
+    filtered = bool(args.keyword or args.pytest_args)
+    verdict = judge(target, reference, expected, filtered)
+
+    if args.update_expected:
+        updated = {
+            k: v for k, v in expected.items() if k not in verdict.now_passing and k not in verdict.missing
+        }
+        added = [t for t in verdict.unexpected if target.results[t].get("sockets")]
+        for test_id in added:
+            message = " ".join(str(target.results[test_id].get("message", "")).split())
+            updated[test_id] = f"sockets: {message[:150]}"
+        write_expected(updated)
+        print(
+            f"anyio-conformance: {EXPECTED_FILE.name}: {len(added)} added, "
+            f"{len(expected) - len(updated) + len(added)} removed"
+        )
+        verdict.unexpected = [t for t in verdict.unexpected if t not in added]
+        verdict.expected += added
+        verdict.now_passing = verdict.missing = []
+
+    def show(title: str, test_ids: list[str], detail: bool = True) -> None:
+        if not test_ids:
+            return
+        print(f"\n{title} ({len(test_ids)}):")
+        for test_id in test_ids:
+            result = target.results.get(test_id, {})
+            message = " ".join(str(result.get("message", "")).split())[:200]
+            print(
+                f"  {test_id}"
+                + (f"\n      {result.get('when', '')}: {message}" if detail and message else "")
+            )
+
+    show("UNEXPECTED failures", verdict.unexpected)
+    show(
+        "expected failures that PASS now (remove them from expected-failures.txt)", verdict.now_passing, False
+    )
+    show("entries of expected-failures.txt that were not run (stale ids?)", verdict.missing, False)
+    show(f"failing on {reference_backend} too (environment)", verdict.environment)
+    if args.backend == "uring":
+        listed = len(expected)
+        print(
+            f"\nexpected failures (sockets not implemented yet): {len(verdict.expected)} of {listed} listed"
+        )
+    for report in (reference, target):
+        if report is not None:
+            print(f"{report.backend}: {report.seconds:.0f} s, log {report.log}")
+    print("verdict: " + ("OK" if verdict.ok else "FAILED"))
+    if reference is not None:
+        print(reference.summary())
+    print(target.summary(), flush=True)
+    return 0 if verdict.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
