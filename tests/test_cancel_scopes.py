@@ -671,6 +671,14 @@ async def main():
         op = runner.ring.recv(a.fileno(), buf)
         state["op"], state["buf"] = op, buf
         await au.wait_operation(op)
+    elif mode == "thread":
+        # parked on a worker thread that cannot be interrupted (abort answers FAILED): the
+        # interrupt must survive until the thread returns, then fire at the next checkpoint
+        import time
+        from anyio_uring._threads import to_thread_run_sync
+        state["returned"] = await to_thread_run_sync(time.sleep, 0.6)
+        await au.checkpoint()
+        state["after checkpoint"] = True
     elif mode == "nursery":
         a, b = socket.socketpair()
         state["socks"] = (a, b)
@@ -696,14 +704,16 @@ out["bytes_pinned"] = ring.bytes_pinned
 op = state.get("op")
 if op is not None:
     out["op_result"] = op.result
+out["after checkpoint"] = state.get("after checkpoint", False)
 print(json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("mode", ["await-loop", "blocked-recv", "nursery"])
+@pytest.mark.parametrize("mode", ["await-loop", "blocked-recv", "thread", "nursery"])
 def test_sigint_stops_the_program_and_drains(mode: str) -> None:
     """A real SIGINT, sent from a timer thread, stops a program spinning through checkpoints,
-    one blocked in the kernel on an idle recv, and one waiting in a nursery whose children are
+    one blocked in the kernel on an idle recv, one waiting for a worker thread (delivered when
+    the thread returns, at the next checkpoint), and one waiting in a nursery whose children are
     blocked: ``run()`` raises KeyboardInterrupt (grouped, from inside a nursery) and returns only
     after every operation was drained.  (A subprocess: the test runner keeps its own SIGINT.)"""
     start = time.perf_counter()
@@ -722,4 +732,5 @@ def test_sigint_stops_the_program_and_drains(mode: str) -> None:
     assert out["bytes_pinned"] == 0, out
     if mode == "blocked-recv":
         assert out["op_result"] == -125, out  # -ECANCELED: drained before run() returned
+    assert not out["after checkpoint"], out
     assert time.perf_counter() - start < 30
