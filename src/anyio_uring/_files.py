@@ -474,7 +474,7 @@ class RawFile(AsyncFile[bytes]):
             res = await wait_operation(self._ring.write(self._fd, data, -1))
             if res < 0:
                 raise os_error(res)
-            if self._positional:
+            if self._positional and res > 0:
                 self._pos = -1  # O_APPEND: the kernel put it at the end; STATX when needed
             return res
         if self._pos < 0:
@@ -546,6 +546,8 @@ class RawFile(AsyncFile[bytes]):
         return new
 
     async def _truncate_u(self, size: int | None) -> int:
+        if self._positional and self._pos < 0:
+            await self._sync_pos()  # the position after an append is the size *before* this
         if size is None:
             size = await self._logical_pos()
         if size < 0:
@@ -895,18 +897,54 @@ class BufferedFile(AsyncFile[bytes]):
         raw._drop_stash()
 
     async def _read_u(self, n: int) -> bytes:
+        """CPython's read(n): whole buffer-size blocks straight from the raw file, the last
+        partial block through a fresh buffer (its rest stays read ahead).  Every byte goes
+        through ``_rbuf``, so a cancelled read leaves what it got there."""
         if n < 0:
             return await self._readall_u()
         if len(self._rbuf) >= n:
             return self._take(n)
         await self._prepare_read()
         raw = self._raw
-        while len(self._rbuf) < n:
-            request = max(n - len(self._rbuf), self._buffer_size)
-            got = await self._fill(request)
-            if raw._at_eof(request, got):
+        bs = self._buffer_size
+        while True:
+            remaining = n - len(self._rbuf)
+            block = remaining - remaining % bs
+            if block <= 0:
                 break
+            got = await self._fill(block)
+            if raw._at_eof(block, got):
+                return self._take(n)
+        fresh = 0
+        while len(self._rbuf) < n and fresh < bs:
+            got = await self._fill(bs - fresh)
+            if raw._at_eof(bs - fresh, got):
+                break
+            fresh += got
         return self._take(n)
+
+    async def _readinto_u(self, view: memoryview) -> int:
+        """CPython's readinto: a rest larger than the buffer straight from the raw file,
+        otherwise through the buffer."""
+        n = len(view)
+        if len(self._rbuf) < n:
+            await self._prepare_read()
+            raw = self._raw
+            bs = self._buffer_size
+            fresh = 0
+            while len(self._rbuf) < n:
+                remaining = n - len(self._rbuf)
+                request = remaining if remaining > bs else bs - fresh
+                if request <= 0:
+                    break
+                got = await self._fill(request)
+                if raw._at_eof(request, got):
+                    break
+                if remaining <= bs:
+                    fresh += got
+        data = self._take(n)
+        view[: len(data)] = data
+        return len(data)
 
     async def _readall_u(self) -> bytes:
         await self._prepare_read()
@@ -938,6 +976,31 @@ class BufferedFile(AsyncFile[bytes]):
             del buf[got:]
         return bytes(buf)
 
+    async def _readinto1_u(self, view: memoryview) -> int:
+        """CPython's readinto1: the buffered bytes, then (if more are wanted) at most one raw
+        read -- straight into ``view`` when the rest exceeds the buffer size."""
+        rbuf = self._rbuf
+        n = len(view)
+        have = min(len(rbuf), n)
+        if have == n:
+            view[:] = self._take(n)
+            return n
+        if not have or n - have > self._buffer_size:
+            await self._prepare_read()
+            if n - have > self._buffer_size:
+                # One raw read into a scratch buffer: the bytes go to the caller only together
+                # with the buffered ones, so a cancellation loses nothing.
+                chunk = bytearray(n - have)
+                got = await self._raw._pread(chunk)
+                view[: len(rbuf)] = rbuf
+                view[have : have + got] = memoryview(chunk)[:got]
+                self._rbuf = bytearray()
+                return have + got
+            await self._fill(self._buffer_size)
+            have = min(len(self._rbuf), n)
+        view[:have] = self._take(have)
+        return have
+
     async def _readline_u(self) -> bytes:
         await self._prepare_read()
         searched = 0
@@ -953,8 +1016,10 @@ class BufferedFile(AsyncFile[bytes]):
                 return self._take(len(self._rbuf))
 
     async def _write_u(self, view: memoryview) -> int:
-        self._prepare_write()
         n = len(view)
+        if not n:
+            return 0  # changes nothing, not even the read-ahead (as in C)
+        self._prepare_write()
         wbuf = self._wbuf
         if len(wbuf) + n <= self._buffer_size:
             wbuf += view
@@ -994,6 +1059,14 @@ class BufferedFile(AsyncFile[bytes]):
                 raise OSError(errno.EIO, f"raw write() returned invalid length {written}")
             del wbuf[:written]  # what the kernel took is gone; the rest stays pending
 
+    async def _flush_and_rewind(self) -> None:
+        """``flush()``: write what is pending; a read-write file also drops its read-ahead
+        (CPython's ``buffered_flush_and_rewind``)."""
+        if self._wbuf:
+            await self._flush_u()
+        if self._readable and self._writable:
+            self._prepare_write()
+
     async def _tell_u(self) -> int:
         pos = await self._raw._logical_pos() - len(self._rbuf) + len(self._wbuf)
         return max(pos, 0)
@@ -1013,8 +1086,9 @@ class BufferedFile(AsyncFile[bytes]):
             await self._flush_u()
         if whence == 1:
             target -= len(self._rbuf)
-        self._rbuf = bytearray()
-        return await raw._seek_u(target, whence)
+        new = await raw._seek_u(target, whence)
+        self._rbuf = bytearray()  # only now: a failed seek keeps the read-ahead (as in C)
+        return new
 
     async def _truncate_u(self, pos: int | None) -> int:
         if self._wbuf:
@@ -1072,18 +1146,14 @@ class BufferedFile(AsyncFile[bytes]):
         async with self._lock:
             self._check_read("readinto of closed file")
             await checkpoint_if_cancelled()
-            data = await self._read_u(len(view))
-            view[: len(data)] = data
-            return len(data)
+            return await self._readinto_u(view)
 
     async def readinto1(self, b: WriteableBuffer) -> int:
         view = _writable_view(b, "readinto1")
         async with self._lock:
             self._check_read("readinto of closed file", "read1")
             await checkpoint_if_cancelled()
-            data = await self._read1_u(len(view))
-            view[: len(data)] = data
-            return len(data)
+            return await self._readinto1_u(view)
 
     async def readline(self) -> bytes:
         async with self._lock:
@@ -1153,8 +1223,7 @@ class BufferedFile(AsyncFile[bytes]):
             else:
                 self._check_closed(_CLOSED_IO + ".")
             await checkpoint_if_cancelled()
-            if self._wbuf:
-                await self._flush_u()
+            await self._flush_and_rewind()
 
     async def fsync(self, datasync: bool = False) -> None:
         """Flush, then ``FSYNC`` (``datasync=True``: ``fdatasync``) -- an extension."""
@@ -1256,6 +1325,10 @@ class TextFile(AsyncFile[str]):
         #: ``(dec_flags, next_input)``: feeding ``next_input`` to a decoder in state
         #: ``(b"", dec_flags)`` yields ``_chars``; the bytes end at the buffer's position.
         self._snapshot: tuple[int, bytes] | None = None
+        #: Where the last chunk's characters start in ``_chars`` (> 0 after appending), and
+        #: that chunk's own snapshot: see :meth:`_settle`.
+        self._last_start = 0
+        self._last_snapshot: tuple[int, bytes] | None = None
         self._b2cratio = 0.0
         #: Encoded text not yet handed to the buffer (C's ``pending_bytes``, up to a chunk).
         self._pending: list[bytes] = []
@@ -1332,6 +1405,7 @@ class TextFile(AsyncFile[str]):
         self._chars = ""
         self._used = 0
         self._snapshot = None
+        self._last_start = 0
 
     async def _read_chunk(self, size_hint: int) -> bool:
         """Read one chunk (``read1``), decode it into the pending characters; False at EOF.
@@ -1353,16 +1427,29 @@ class TextFile(AsyncFile[str]):
         self._b2cratio = nbytes / nchars if nchars else 0.0
         if nchars:
             eof = False
+        last_snapshot = (dec_flags, dec_buffer + input_chunk) if self._telling else None
         if self._used >= len(self._chars):
             self._chars = decoded
             self._used = 0
-            if self._telling:
-                self._snapshot = (dec_flags, dec_buffer + input_chunk)
+            self._last_start = 0
+            self._snapshot = last_snapshot
         else:
+            self._last_start = len(self._chars)
             self._chars += decoded
-            if self._telling and self._snapshot is not None:
+            if self._snapshot is not None:
                 self._snapshot = (self._snapshot[0], self._snapshot[1] + input_chunk)
+        self._last_snapshot = last_snapshot
         return not eof
+
+    def _settle(self) -> None:
+        """After a read that appended chunks: keep only the last chunk's characters and
+        snapshot -- the state CPython is in (so ``tell()`` cookies are identical)."""
+        start = self._last_start
+        if start and self._used >= start:
+            self._chars = self._chars[start:]
+            self._used -= start
+            self._snapshot = self._last_snapshot
+            self._last_start = 0
 
     def _find_line_ending(self, line: str, start: int) -> tuple[int, int]:
         """(end of the first line in ``line[start:]`` or -1, index up to which no line ends)."""
@@ -1401,6 +1488,7 @@ class TextFile(AsyncFile[str]):
         start = self._used
         result = self._chars[start : start + n]
         self._used = start + len(result)
+        self._settle()
         return result
 
     async def _readline_u(self) -> str:
@@ -1414,6 +1502,7 @@ class TextFile(AsyncFile[str]):
             end, consumed = self._find_line_ending(chars, search) if search < len(chars) else (-1, search)
             if end >= 0:
                 self._used = end
+                self._settle()
                 return chars[start:end]
             offset = consumed - start
             pending = len(chars) - start
@@ -1463,8 +1552,7 @@ class TextFile(AsyncFile[str]):
     async def _flush_u(self) -> None:
         self._telling = self._seekable
         self._writeflush()
-        if self._buffer._wbuf:
-            await self._buffer._flush_u()
+        await self._buffer._flush_and_rewind()
 
     def _decoder_setstate(self, start_pos: int, dec_flags: int) -> None:
         if start_pos == 0 and dec_flags == 0:
