@@ -384,8 +384,9 @@ class RawFile(AsyncFile[bytes]):
         self._limiter = limiter
         self._statx = _use_statx(ring)
         self._ftruncate = ring.support.ftruncate
-        #: Extra SQE flags for READ operations (tests set IOSQE_ASYNC to force io-wq).
+        #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq).
         self._read_sqe_flags = 0
+        self._write_sqe_flags = 0
 
     def __repr__(self) -> str:
         if self._closed:
@@ -471,7 +472,7 @@ class RawFile(AsyncFile[bytes]):
     async def _pwrite(self, data: Any) -> int:
         """One WRITE of ``data`` at the position (at the end in append mode)."""
         if self._appending or not self._positional:
-            res = await wait_operation(self._ring.write(self._fd, data, -1))
+            res = await wait_operation(self._ring.write(self._fd, data, -1, self._write_sqe_flags))
             if res < 0:
                 raise os_error(res)
             if self._positional and res > 0:
@@ -479,7 +480,7 @@ class RawFile(AsyncFile[bytes]):
             return res
         if self._pos < 0:
             await self._sync_pos()
-        res = await wait_operation(self._ring.write(self._fd, data, self._pos))
+        res = await wait_operation(self._ring.write(self._fd, data, self._pos, self._write_sqe_flags))
         if res < 0:
             raise os_error(res)
         self._pos += res
