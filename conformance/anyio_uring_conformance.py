@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -190,6 +191,21 @@ def _release_failed_test() -> None:
         if hasattr(sys, name):
             setattr(sys, name, None)
     gc.collect()
+
+
+def pytest_fixture_post_finalizer(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> None:
+    """A fixture that *raised* keeps its exception -- and through its traceback whatever its
+    frame held, e.g. a socket it could not bind -- until it is finalized, often in the set-up of
+    the next test (parametrization switch).  Free it here, where its ResourceWarnings belong to
+    nobody: the fixture's own failure has been reported already."""
+    cached = fixturedef.cached_result
+    if cached is None or cached[2] is None:
+        return
+    fixturedef.cached_result = None
+    del cached
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 def pytest_configure(config: pytest.Config) -> None:

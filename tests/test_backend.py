@@ -220,6 +220,24 @@ async def test_task_group_leaves_no_reference_to_its_errors() -> None:
     assert gc.get_referrers(exc) == []
 
 
+async def test_finished_task_group_does_not_keep_its_host_tasks_error() -> None:
+    class Done(Exception):
+        pass
+
+    tg = anyio.create_task_group()  # held past its block, as callers may
+
+    async def host() -> None:
+        async with tg:
+            raise Done
+
+    with pytest.RaisesGroup(pytest.RaisesGroup(Done)) as exc_info:
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(host)
+    exc = exc_info.value.exceptions[0].exceptions[0]
+    del exc_info
+    assert gc.get_referrers(exc) == []
+
+
 async def test_cancel_scope_keeps_the_context_of_a_filtered_group() -> None:
     body = RuntimeError("body")
     with pytest.RaisesGroup(RuntimeError) as exc_info, anyio.CancelScope() as scope:

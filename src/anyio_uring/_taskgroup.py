@@ -218,6 +218,9 @@ class NurseryManager:
         nursery, scope = self._nursery, self._scope
         assert nursery is not None
         assert scope is not None
+        # Single use: let go of the nursery (and through it the parent task and its outcome),
+        # since this manager stays reachable from a raised exception's traceback.
+        self._nursery = self._scope = None
         new_exc = await nursery._nested_child_finished(exc)
         combined = scope._close(new_exc)
         if combined is None:
@@ -230,8 +233,8 @@ class NurseryManager:
         finally:
             combined.__context__ = context
             # This frame stays reachable from the traceback: drop its references to the
-            # exceptions, or they (and everything they reference) live on in a cycle.
-            del combined, context, new_exc, exc, tb
+            # exceptions and the nursery, or they (and all they reference) live on in a cycle.
+            del combined, context, new_exc, exc, tb, nursery, scope
 
 
 def open_nursery() -> NurseryManager:

@@ -310,7 +310,7 @@ class TaskGroup(anyio.abc.TaskGroup):
     def __init__(self) -> None:
         self._entered = False
         self._active = False
-        self._manager: NurseryManager = open_nursery()
+        self._manager: NurseryManager | None = open_nursery()
         self._nursery: Nursery | None = None
         self.cancel_scope = cast("CancelScope", None)
 
@@ -318,6 +318,7 @@ class TaskGroup(anyio.abc.TaskGroup):
         if self._entered:
             raise RuntimeError("TaskGroup cannot be entered more than once")
         self._entered = True
+        assert self._manager is not None
         self._nursery = await self._manager.__aenter__()
         self.cancel_scope = CancelScope._wrap(self._nursery.cancel_scope)
         self._active = True
@@ -330,6 +331,7 @@ class TaskGroup(anyio.abc.TaskGroup):
         exc_tb: TracebackType | None,
     ) -> bool:
         try:
+            assert self._manager is not None
             return await self._manager.__aexit__(exc_type, exc_val, exc_tb)
         except BaseExceptionGroup as group:
             if _only_cancelled(group):
@@ -340,6 +342,9 @@ class TaskGroup(anyio.abc.TaskGroup):
         finally:
             del exc_val, exc_tb  # this frame stays reachable from the traceback
             self._active = False
+            # A task group outlives its block (the caller may hold it): let go of the nursery,
+            # which holds the host task and, through it, the exception it may have raised.
+            self._manager = self._nursery = None
 
     def _check_active(self, coro: Coroutine[Any, Any, Any] | None = None) -> Nursery:
         if not self._active or self._nursery is None:
