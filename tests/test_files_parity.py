@@ -126,12 +126,14 @@ async def _run(scenario: Scenario, api: Api, root: SyncPath) -> list[tuple[Any, 
     return rec.log
 
 
-def run_both(scenario: Scenario, root: SyncPath) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+def run_both(
+    scenario: Scenario, root: SyncPath, ring_options: anyio_uring.RingOptions | None = None
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
     """Run ``scenario`` in a fresh ``root`` on anyio+trio and on anyio_uring."""
     _fresh(root)
     expected = anyio.run(_run, scenario, ANYIO, root, backend="trio")
     _fresh(root)
-    actual = anyio_uring.run(_run, scenario, URING, root)
+    actual = anyio_uring.run(_run, scenario, URING, root, ring_options=ring_options)
     _fresh(root)
     return expected, actual
 
@@ -760,6 +762,16 @@ async def path_mutations(api: Api, d: SyncPath, rec: Recorder) -> None:
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_parity(name: str, tmp_path: SyncPath) -> None:
     expected, actual = run_both(SCENARIOS[name], tmp_path / "root")
+    assert_same(expected, actual)
+
+
+@pytest.mark.parametrize(
+    "name", ["binary_seek_semantics", "binary_writes", "append_modes", "path_queries", "fd_and_opener"]
+)
+def test_parity_with_thread_fallbacks(name: str, tmp_path: SyncPath) -> None:
+    """STATX and FTRUNCATE masked: the worker-thread fallbacks behave the same."""
+    options = anyio_uring.RingOptions(disable=frozenset({"statx", "ftruncate"}), use_environment=False)
+    expected, actual = run_both(SCENARIOS[name], tmp_path / "root", options)
     assert_same(expected, actual)
 
 

@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any, AnyStr, Final, overload
 from anyio import AsyncFile as _AnyioAsyncFile
 from anyio import CapacityLimiter as _AnyioCapacityLimiter
 
-from ._core._run import checkpoint_if_cancelled, current_runner
+from ._core._run import GLOBAL, checkpoint_if_cancelled, current_runner
 from ._native import ffi
 from ._sync import ParkingLot
 from ._threads import to_thread_run_sync
@@ -134,6 +134,8 @@ def _unsupported(message: str) -> io.UnsupportedOperation:
 
 # struct statx (include/uapi/linux/stat.h): the fields os.stat() reports.
 _STATX: Final = struct.Struct("=IIQIIIH2xQQQQ" + "qI4x" * 4 + "IIII")
+#: What open() needs of it: st_blksize, st_mode, st_size.
+_STATX_OPEN: Final = struct.Struct("=4xI20xH10xQ")
 _STAT_FIELDS_OK: Final = os.stat_result.n_fields == 19 and os.stat_result.n_sequence_fields == 10
 
 
@@ -168,7 +170,8 @@ def stat_from_statx(buf: Any) -> os.stat_result:
     )
 
 
-def _use_statx(ring: Ring) -> bool:
+def use_statx(ring: Ring) -> bool:
+    """Whether STATX runs on the ring (not masked, and ``os.stat_result`` has Linux's fields)."""
     return _STAT_FIELDS_OK and ring.support.statx
 
 
@@ -187,7 +190,7 @@ async def ring_stat(
     ring: Ring, dirfd: int, path: str | bytes, flags: int, filename: object, *, follow: bool = True
 ) -> os.stat_result:
     """``STATX`` -> ``os.stat_result`` (``os.stat``/``os.fstat`` in a thread without STATX)."""
-    if _use_statx(ring):
+    if use_statx(ring):
         op = ring.statx(dirfd, path, flags, STATX_BASIC_STATS)
         res = await wait_operation(op)
         if res < 0:
@@ -226,10 +229,31 @@ class _FileLock:
             self._busy = True
 
     async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    async def wait(self) -> None:
+        """The slow half of acquiring (hot paths test ``_busy`` inline)."""
+        await self._lot.park()
+
+    def release(self) -> None:
         if self._lot:
             self._lot.unpark()
         else:
             self._busy = False
+
+
+def _cancel_pending() -> bool:
+    """Whether a cancellation (or KeyboardInterrupt) waits for the current task -- the test of
+    ``checkpoint_if_cancelled`` without a coroutine, for the hot paths."""
+    task = GLOBAL.task
+    if task is None:
+        return True  # not in a task: let checkpoint_if_cancelled raise its RuntimeError
+    task._cancel_points += 1
+    status = task._cancel_status
+    if status is not None and status.effectively_cancelled:
+        return True
+    runner = task._runner
+    return runner.ki_pending and task is runner.main_task
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,7 +378,7 @@ class RawFile(AsyncFile[bytes]):
         appending: bool,
         created: bool,
         closefd: bool,
-        st: os.stat_result,
+        st: tuple[int, int, int],
         pos: int,
         adopted: bool,
         limiter: _AnyioCapacityLimiter | None,
@@ -369,20 +393,20 @@ class RawFile(AsyncFile[bytes]):
         self._closefd = closefd
         self._closed = False
         self._adopted = adopted
-        mode = st.st_mode
+        mode, size, blksize = st
         #: Regular files and block devices get positional I/O at ``_pos``; streams use -1.
         self._positional = _stat.S_ISREG(mode) or _stat.S_ISBLK(mode)
         #: The kernel-side position of the next read/write; -1 = unknown (after an append).
         self._pos = pos
         #: The size as last seen (open, our writes, STATX): a hint for readall and EOF.
-        self._size = st.st_size
-        self._blksize = st.st_blksize
+        self._size = size
+        self._blksize = blksize
         self._isatty = _stat.S_ISCHR(mode) and os.isatty(fd)
         #: Bytes read by an interrupted multi-operation read, handed out first next time.
         self._stash = bytearray()
         self._lock = _FileLock()
         self._limiter = limiter
-        self._statx = _use_statx(ring)
+        self._statx = use_statx(ring)
         self._ftruncate = ring.support.ftruncate
         #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq).
         self._read_sqe_flags = 0
@@ -800,11 +824,8 @@ class BufferedFile(AsyncFile[bytes]):
         self._wbuf = bytearray()
 
     def __repr__(self) -> str:
-        kind = self._kind
-        try:
-            return f"<anyio_uring.{kind} name={self._raw.name!r}>"
-        except AttributeError:  # pragma: no cover
-            return f"<anyio_uring.{kind}>"
+        state = " [closed]" if self._raw._closed else ""
+        return f"<anyio_uring.{self._kind}{state} name={self._raw.name!r}>"
 
     @property
     def _kind(self) -> str:
@@ -903,11 +924,27 @@ class BufferedFile(AsyncFile[bytes]):
         through ``_rbuf``, so a cancelled read leaves what it got there."""
         if n < 0:
             return await self._readall_u()
-        if len(self._rbuf) >= n:
+        rbuf = self._rbuf
+        if len(rbuf) >= n:
             return self._take(n)
-        await self._prepare_read()
+        if self._wbuf:
+            await self._flush_u()
         raw = self._raw
         bs = self._buffer_size
+        if not rbuf and not n % bs and n <= _MAX_RW and raw._positional and raw._pos >= 0:
+            # The hot path: whole blocks, nothing buffered -- one READ straight into the result.
+            chunk = bytearray(n)
+            res = await wait_operation(raw._ring.read(raw._fd, chunk, raw._pos, raw._read_sqe_flags))
+            if res < 0:
+                raise os_error(res)
+            raw._pos += res
+            if res == n:
+                return bytes(chunk)
+            if res:
+                del chunk[res:]
+                self._rbuf = chunk
+            if raw._at_eof(n, res):
+                return self._take(n)
         while True:
             remaining = n - len(self._rbuf)
             block = remaining - remaining % bs
@@ -1127,13 +1164,21 @@ class BufferedFile(AsyncFile[bytes]):
     # -- the public API ----------------------------------------------------------------------
 
     async def read(self, size: int | None = -1) -> bytes:
-        n = _index(size)
+        n = size if type(size) is int else _index(size)
         if n < -1:
             raise ValueError("read length must be non-negative or -1")
-        async with self._lock:
+        lock = self._lock
+        if lock._busy:
+            await lock.wait()
+        else:
+            lock._busy = True
+        try:
             self._check_read("read of closed file")
-            await checkpoint_if_cancelled()
+            if _cancel_pending():
+                await checkpoint_if_cancelled()
             return await self._read_u(n)
+        finally:
+            lock.release()
 
     async def read1(self, size: int | None = -1) -> bytes:
         n = _index(size)
@@ -1193,6 +1238,31 @@ class BufferedFile(AsyncFile[bytes]):
                 await self._write_u(_readable_view(line))
 
     async def seek(self, offset: int, whence: int | None = os.SEEK_SET) -> int:
+        raw = self._raw
+        lock = self._lock
+        if (
+            type(offset) is int
+            and whence == 0
+            and offset >= 0
+            and not lock._busy
+            and not self._wbuf
+            and raw._positional
+            and not raw._closed
+        ):
+            # The hot path: an absolute seek is bookkeeping (a cancel point, no I/O).
+            if _cancel_pending():
+                await checkpoint_if_cancelled()
+            rbuf = self._rbuf
+            start = raw._pos - len(rbuf)
+            if rbuf and raw._pos >= 0 and start <= offset <= raw._pos:
+                del rbuf[: offset - start]
+            else:
+                if rbuf:
+                    self._rbuf = bytearray()
+                if raw._stash:
+                    raw._stash = bytearray()
+                raw._pos = offset
+            return offset
         async with self._lock:
             self._check_closed("seek of closed file")
             if not self._raw._positional and not self._raw.seekable():
@@ -1842,6 +1912,9 @@ class _Mode:
         return not self.reading or self.updating
 
 
+_MODES: dict[str, _Mode] = {}
+
+
 async def _open_raw(
     ring: Ring,
     file: Any,
@@ -1876,16 +1949,22 @@ async def _open_raw(
             adopted = True
         own_fd = True
     try:
-        if _use_statx(ring):
-            st = await ring_stat(ring, fd, b"", AT_EMPTY_PATH, None)
+        if use_statx(ring):
+            op = ring.statx(fd, b"", AT_EMPTY_PATH, STATX_BASIC_STATS)
+            res = await wait_operation(op)
+            if res < 0:
+                raise os_error(res)
+            st: tuple[int, int, int] = _STATX_OPEN.unpack_from(ffi.buffer(op.output))
+            st = (st[1], st[2], st[0])
         else:
-            st = await run_sync_in_thread(os.fstat, fd, limiter=limiter)
-        if _stat.S_ISDIR(st.st_mode):
+            full = await run_sync_in_thread(os.fstat, fd, limiter=limiter)
+            st = (full.st_mode, full.st_size, full.st_blksize)
+        if _stat.S_ISDIR(st[0]):
             raise os_error(-errno.EISDIR, file)
-        positional = _stat.S_ISREG(st.st_mode) or _stat.S_ISBLK(st.st_mode)
+        positional = _stat.S_ISREG(st[0]) or _stat.S_ISBLK(st[0])
         pos = 0
         if mode.appending and positional:
-            pos = st.st_size
+            pos = st[1]
         elif adopted and positional:
             pos = os.lseek(fd, 0, os.SEEK_CUR)  # no LSEEK opcode; never blocks
         return RawFile(
@@ -1996,7 +2075,11 @@ async def open_any(
     _check_str_or_none(errors, "errors")
     _check_str_or_none(newline, "newline")
     closefd = bool(_int_arg(closefd))
-    m = _Mode(mode)
+    m = _MODES.get(mode) if type(mode) is str else None
+    if m is None:
+        m = _Mode(mode)
+        if len(_MODES) < 64:
+            _MODES[mode] = m
     if m.binary and encoding is not None:
         raise ValueError("binary mode doesn't take an encoding argument")
     if m.binary and errors is not None:

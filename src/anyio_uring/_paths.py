@@ -59,12 +59,17 @@ from ._files import (
     AT_FDCWD,
     AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
+    STATX_BASIC_STATS,
     AsyncFile,
     fspath,
     open_any,
     os_error,
     ring_stat,
     run_sync_in_thread,
+    stat_from_statx,
+)
+from ._files import (
+    use_statx as _use_statx,
 )
 from .cancel import wait_operation
 
@@ -124,10 +129,19 @@ class Path(anyio.Path):
         return run_sync_in_thread(fn, *args, limiter=self._limiter, abandon=abandon)
 
     async def _stat(self, follow: bool) -> os.stat_result:
-        path = _fs(self._path)
-        return await ring_stat(
-            _ring(), AT_FDCWD, path, 0 if follow else AT_SYMLINK_NOFOLLOW, path, follow=follow
-        )
+        ring = _ring()
+        path = self._path
+        raw = os.fsencode(path)
+        if b"\0" in raw:
+            raise ValueError("embedded null byte")
+        if _use_statx(ring):
+            op = ring.statx(AT_FDCWD, raw, 0 if follow else AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS)
+            res = await wait_operation(op)
+            if res < 0:
+                raise os_error(res, os.fspath(path))
+            return stat_from_statx(op.output)
+        fs = os.fspath(path)
+        return await ring_stat(ring, AT_FDCWD, fs, 0, fs, follow=follow)  # the thread fallback
 
     async def _test_mode(self, test: Callable[[int], bool], follow: bool = True) -> bool:
         try:
