@@ -84,15 +84,14 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     # Files and paths subclass anyio's classes: import them (and anyio) on first use only.
-    if name == "open_file":
-        from ._files import open_file
+    if name not in ("open_file", "Path"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        return open_file
-    if name == "Path":
-        from ._paths import Path
-
-        return Path
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(f"{__name__}.{'_files' if name == 'open_file' else '_paths'}")
+    value = getattr(module, name)
+    globals()[name] = value  # later look-ups do not come here
+    return value
 
 
 # Make the anyio backend "uring" known (see _registration.py); does not import anyio.
