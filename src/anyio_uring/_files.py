@@ -170,6 +170,19 @@ def stat_from_statx(buf: Any) -> os.stat_result:
     )
 
 
+_CAPABILITIES: dict[int, tuple[Ring, bool, bool]] = {}
+
+
+def _capabilities(ring: Ring) -> tuple[bool, bool]:
+    """(STATX on the ring, FTRUNCATE on the ring) -- cached per ring."""
+    entry = _CAPABILITIES.get(id(ring))
+    if entry is None or entry[0] is not ring:
+        if len(_CAPABILITIES) > 16:
+            _CAPABILITIES.clear()
+        entry = _CAPABILITIES[id(ring)] = (ring, use_statx(ring), ring.support.ftruncate)
+    return entry[1], entry[2]
+
+
 def use_statx(ring: Ring) -> bool:
     """Whether STATX runs on the ring (not masked, and ``os.stat_result`` has Linux's fields)."""
     return _STAT_FIELDS_OK and ring.support.statx
@@ -220,11 +233,11 @@ class _FileLock:
 
     def __init__(self) -> None:
         self._busy = False
-        self._lot = ParkingLot()
+        self._lot: ParkingLot | None = None  # created on the first contention
 
     async def __aenter__(self) -> None:
         if self._busy:
-            await self._lot.park()  # woken owning the lock (hand-off)
+            await self.wait()
         else:
             self._busy = True
 
@@ -232,12 +245,17 @@ class _FileLock:
         self.release()
 
     async def wait(self) -> None:
-        """The slow half of acquiring (hot paths test ``_busy`` inline)."""
-        await self._lot.park()
+        """The slow half of acquiring (hot paths test ``_busy`` inline): park until the
+        holder hands the lock over."""
+        lot = self._lot
+        if lot is None:
+            lot = self._lot = ParkingLot()
+        await lot.park()
 
     def release(self) -> None:
-        if self._lot:
-            self._lot.unpark()
+        lot = self._lot
+        if lot:
+            lot.unpark()
         else:
             self._busy = False
 
@@ -300,8 +318,15 @@ class AsyncFile(_AnyioAsyncFile[AnyStr]):
     async def aclose(self) -> None:
         """Flush and close the file; shielded from cancellation (as in anyio)."""
         with CancelScope(shield=True):
-            async with self._lock:
+            lock = self._lock
+            if lock._busy:
+                await lock.wait()
+            else:
+                lock._busy = True
+            try:
                 await self._close_u()
+            finally:
+                lock.release()
 
     async def _close_u(self) -> None:
         raise NotImplementedError
@@ -406,8 +431,7 @@ class RawFile(AsyncFile[bytes]):
         self._stash = bytearray()
         self._lock = _FileLock()
         self._limiter = limiter
-        self._statx = use_statx(ring)
-        self._ftruncate = ring.support.ftruncate
+        self._statx, self._ftruncate = _capabilities(ring)
         #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq).
         self._read_sqe_flags = 0
         self._write_sqe_flags = 0
@@ -985,7 +1009,8 @@ class BufferedFile(AsyncFile[bytes]):
         return len(data)
 
     async def _readall_u(self) -> bytes:
-        await self._prepare_read()
+        if self._wbuf:
+            await self._flush_u()
         raw = self._raw
         if raw._positional:
             if raw._pos < 0:
@@ -1138,9 +1163,12 @@ class BufferedFile(AsyncFile[bytes]):
         raw = self._raw
         if raw._closed:
             return
+        if not self._wbuf:
+            self._rbuf = bytearray()
+            await raw._close_u()
+            return
         try:
-            if self._wbuf:
-                await self._flush_u()
+            await self._flush_u()
         finally:
             self._rbuf = bytearray()
             await raw._close_u()
@@ -2047,7 +2075,7 @@ async def open_file(
     ``limiter`` applies to the worker-thread fallbacks (``opener``, ``SEEK_DATA``, kernels
     without STATX/FTRUNCATE).  Must be called from inside an ``anyio_uring`` loop.
     """
-    return await open_any(file, mode, buffering, encoding, errors, newline, closefd, opener, limiter)
+    return await open_any(file, mode, buffering, encoding, errors, newline, closefd, opener, limiter=limiter)
 
 
 async def open_any(
@@ -2059,6 +2087,7 @@ async def open_any(
     newline: str | None = None,
     closefd: bool = True,
     opener: Callable[[str, int], int] | None = None,
+    *,
     limiter: _AnyioCapacityLimiter | None = None,
 ) -> AsyncFile[Any]:
     """:func:`open_file` without the overloads (``mode`` is any ``str``)."""
@@ -2068,13 +2097,16 @@ async def open_any(
     if not isinstance(file, (str, bytes, int)):
         file = os.fspath(file)
     if isinstance(file, bool):
-        warnings.warn("bool is used as a file descriptor", RuntimeWarning, stacklevel=3)
+        warnings.warn("bool is used as a file descriptor", RuntimeWarning, stacklevel=2)
         file = int(file)
-    buffering = _int_arg(buffering)
-    _check_str_or_none(encoding, "encoding")
-    _check_str_or_none(errors, "errors")
-    _check_str_or_none(newline, "newline")
-    closefd = bool(_int_arg(closefd))
+    if type(buffering) is not int:
+        buffering = _int_arg(buffering)
+    if encoding is not None or errors is not None or newline is not None:
+        _check_str_or_none(encoding, "encoding")
+        _check_str_or_none(errors, "errors")
+        _check_str_or_none(newline, "newline")
+    if closefd is not True:
+        closefd = bool(_int_arg(closefd))
     m = _MODES.get(mode) if type(mode) is str else None
     if m is None:
         m = _Mode(mode)
@@ -2091,13 +2123,14 @@ async def open_any(
             "line buffering (buffering=1) isn't supported in binary mode, "
             "the default buffer size will be used",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
     if m.flags < 0:
         raise ValueError("Must have exactly one of create/read/write/append mode and at most one plus")
     if (isinstance(file, str) and "\0" in file) or (isinstance(file, bytes) and b"\0" in file):
         raise ValueError("embedded null byte")
-    await checkpoint_if_cancelled()
+    if _cancel_pending():
+        await checkpoint_if_cancelled()
     raw = await _open_raw(ring, file, m, closefd, opener, limiter)
     result: AsyncFile[Any] = raw
     try:
@@ -2121,3 +2154,9 @@ async def open_any(
     except BaseException:
         await _close_quietly(result)
         raise
+
+
+if not TYPE_CHECKING:  # at run time open_file is the implementation itself (no extra frame)
+    open_any.__doc__ = open_file.__doc__
+    open_any.__name__ = open_any.__qualname__ = "open_file"
+    open_file = open_any
