@@ -173,7 +173,7 @@ def stat_from_statx(buf: Any) -> os.stat_result:
 _CAPABILITIES: dict[int, tuple[Ring, bool, bool]] = {}
 
 
-def _capabilities(ring: Ring) -> tuple[bool, bool]:
+def capabilities(ring: Ring) -> tuple[bool, bool]:
     """(STATX on the ring, FTRUNCATE on the ring) -- cached per ring."""
     entry = _CAPABILITIES.get(id(ring))
     if entry is None or entry[0] is not ring:
@@ -431,7 +431,7 @@ class RawFile(AsyncFile[bytes]):
         self._stash = bytearray()
         self._lock = _FileLock()
         self._limiter = limiter
-        self._statx, self._ftruncate = _capabilities(ring)
+        self._statx, self._ftruncate = capabilities(ring)
         #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq).
         self._read_sqe_flags = 0
         self._write_sqe_flags = 0

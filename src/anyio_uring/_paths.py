@@ -61,15 +61,13 @@ from ._files import (
     AT_SYMLINK_NOFOLLOW,
     STATX_BASIC_STATS,
     AsyncFile,
+    capabilities,
     fspath,
     open_any,
     os_error,
     ring_stat,
     run_sync_in_thread,
     stat_from_statx,
-)
-from ._files import (
-    use_statx as _use_statx,
 )
 from .cancel import wait_operation
 
@@ -121,20 +119,29 @@ class Path(anyio.Path):
     """An :class:`anyio.Path` whose I/O runs on the ring (see the module docstring for the
     method table).  Must be used inside an ``anyio_uring`` loop."""
 
-    __slots__ = ()
+    __slots__ = ("_encoded",)  # the path as bytes for the kernel, made on first use
+    _encoded: bytes
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _thread(self, fn: Callable[..., Any], *args: Any, abandon: bool = False) -> Any:
         return run_sync_in_thread(fn, *args, limiter=self._limiter, abandon=abandon)
 
+    def _raw(self) -> bytes:
+        try:
+            return self._encoded
+        except AttributeError:
+            raw = os.fsencode(self._path)
+            if b"\0" in raw:
+                raise ValueError("embedded null byte") from None
+            self._encoded = raw
+            return raw
+
     async def _stat(self, follow: bool) -> os.stat_result:
         ring = _ring()
         path = self._path
-        raw = os.fsencode(path)
-        if b"\0" in raw:
-            raise ValueError("embedded null byte")
-        if _use_statx(ring):
+        raw = self._raw()
+        if capabilities(ring)[0]:
             op = ring.statx(AT_FDCWD, raw, 0 if follow else AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS)
             res = await wait_operation(op)
             if res < 0:
