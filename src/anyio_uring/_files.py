@@ -73,6 +73,7 @@ import stat as _stat
 import struct
 import sys
 import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, AnyStr, Final, overload
 
@@ -170,17 +171,15 @@ def stat_from_statx(buf: Any) -> os.stat_result:
     )
 
 
-_CAPABILITIES: dict[int, tuple[Ring, bool, bool]] = {}
+_CAPABILITIES: weakref.WeakKeyDictionary[Ring, tuple[bool, bool]] = weakref.WeakKeyDictionary()
 
 
 def capabilities(ring: Ring) -> tuple[bool, bool]:
     """(STATX on the ring, FTRUNCATE on the ring) -- cached per ring."""
-    entry = _CAPABILITIES.get(id(ring))
-    if entry is None or entry[0] is not ring:
-        if len(_CAPABILITIES) > 16:
-            _CAPABILITIES.clear()
-        entry = _CAPABILITIES[id(ring)] = (ring, use_statx(ring), ring.support.ftruncate)
-    return entry[1], entry[2]
+    entry = _CAPABILITIES.get(ring)
+    if entry is None:
+        entry = _CAPABILITIES[ring] = (use_statx(ring), ring.support.ftruncate)
+    return entry
 
 
 def use_statx(ring: Ring) -> bool:
@@ -266,12 +265,14 @@ def _cancel_pending() -> bool:
     task = GLOBAL.task
     if task is None:
         return True  # not in a task: let checkpoint_if_cancelled raise its RuntimeError
-    task._cancel_points += 1
     status = task._cancel_status
     if status is not None and status.effectively_cancelled:
         return True
     runner = task._runner
-    return runner.ki_pending and task is runner.main_task
+    if runner.ki_pending and task is runner.main_task:
+        return True
+    task._cancel_points += 1  # a cancel point passed (checkpoint_if_cancelled counts the others)
+    return False
 
 
 # ------------------------------------------------------------------------------------------
