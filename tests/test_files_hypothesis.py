@@ -8,7 +8,6 @@ import sys
 from pathlib import Path as SyncPath
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -64,7 +63,6 @@ async def _apply_binary(f: Any, rec: Recorder, ops: list[tuple[Any, ...]]) -> No
             await rec(name, getattr(f, name), *op[1:])
 
 
-@pytest.mark.slow
 @settings(
     max_examples=150,
     deadline=None,
@@ -136,7 +134,6 @@ async def _apply_text(f: Any, rec: Recorder, ops: list[tuple[Any, ...]]) -> None
             await rec(name, getattr(f, name), *op[1:])
 
 
-@pytest.mark.slow
 @settings(
     max_examples=150,
     deadline=None,

@@ -625,6 +625,42 @@ async def line_buffering_and_sizes(api: Api, d: SyncPath, rec: Recorder) -> None
 
 
 @scenario
+async def chunk_boundaries(api: Api, d: SyncPath, rec: Recorder) -> None:
+    """\r\n pairs and multi-byte characters straddling the 8 KiB text chunks."""
+    pieces = []
+    size = 0
+    i = 0
+    while size < 5 * 8192:
+        piece = "x" * (8192 - (size % 8192) - 1 - i % 3) + ("\r\n" if i % 2 else "\u20ac\n")
+        pieces.append(piece)
+        size += len(piece.encode())
+        i += 1
+    data = "".join(pieces)
+    (d / "c.txt").write_bytes(data.encode("utf-8"))
+    for newline in (None, "", "\r\n"):
+        f = await api.open_file(d / "c.txt", encoding="utf-8", newline=newline)
+        cookies = []
+        while True:
+            cookie = await f.tell()
+            line = await f.readline()
+            if not line:
+                break
+            cookies.append(cookie)
+            rec.note("line", (len(line), line[-3:]))
+        rec.note("cookies", cookies)
+        for cookie in cookies[::-1]:
+            await rec("seek", f.seek, cookie)
+            await rec("read7", f.read, 7)
+            await rec("tell", f.tell)
+        await rec("seek0", f.seek, 0)
+        await rec("read-8191", f.read, 8191)
+        await rec("tell", f.tell)
+        await rec("read-3", f.read, 3)
+        await rec("tell", f.tell)
+        await f.aclose()
+
+
+@scenario
 async def path_queries(api: Api, d: SyncPath, rec: Recorder) -> None:
     (d / "file").write_text("data")
     (d / "dir").mkdir()
