@@ -8,7 +8,7 @@ import sys
 from pathlib import Path as SyncPath
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from test_files_parity import Api, Recorder, assert_same, run_both
@@ -74,6 +74,17 @@ async def _apply_binary(f: Any, rec: Recorder, ops: list[tuple[Any, ...]]) -> No
     initial=st.binary(max_size=3000),
     ops=st.lists(binary_ops, max_size=40),
 )
+# Sequences that once found a difference (kept as regression tests).
+@example(
+    mode="r+b", buffering=-1, initial=b"", ops=[("truncate", 2), ("read", 1), ("seek", -1, 0), ("read", 1)]
+)
+@example(mode="r+b", buffering=7, initial=b"", ops=[("truncate", 8), ("read", 1), ("readinto1", 14)])
+@example(mode="a+b", buffering=-1, initial=b"", ops=[("write", b"\x00"), ("truncate", 0), ("tell",)])
+@example(mode="r+b", buffering=7, initial=b"", ops=[("truncate", 15), ("read", 8), ("read1", -1)])
+@example(
+    mode="r+b", buffering=7, initial=b"", ops=[("truncate", 8), ("read", 1), ("write", b""), ("read1", -1)]
+)
+@example(mode="a+b", buffering=0, initial=b"\x00", ops=[("seek", 0, 0), ("write", b""), ("tell",)])
 def test_binary_sequences(
     tmp_path: SyncPath, mode: str, buffering: int, initial: bytes, ops: list[tuple[Any, ...]]
 ) -> None:
@@ -145,6 +156,10 @@ async def _apply_text(f: Any, rec: Recorder, ops: list[tuple[Any, ...]]) -> None
     newline=st.sampled_from([None, "", "\n", "\r", "\r\n"]),
     initial=texts,
     ops=st.lists(text_ops, max_size=30),
+)
+@example(mode="r+", encoding="utf-8", newline=None, initial="\r", ops=[("read", 2), ("seek_cur",)])
+@example(
+    mode="r+", encoding="utf-8", newline=None, initial="a", ops=[("write", "a"), ("tell",), ("readline",)]
 )
 def test_text_sequences(
     tmp_path: SyncPath,
