@@ -396,3 +396,24 @@ def test_is_junction(tmp_path: SyncPath) -> None:  # pragma: no cover - not 3.11
         assert not await anyio_uring.Path(tmp_path).is_junction()
 
     run(main)
+
+
+@pytest.mark.parametrize("buffering", [-1, 0])
+def test_read_all_of_a_file_that_grew_after_open(tmp_path: SyncPath, buffering: int) -> None:
+    """The size seen at open is only a hint: read() still reads to the real end."""
+    path = tmp_path / "f"
+    path.write_bytes(b"0123456789")
+
+    async def main() -> None:
+        f = await open_file(path, "rb", buffering=buffering)
+        with open(path, "ab") as g:
+            g.write(b"x" * 200_000)
+        assert await f.read() == b"0123456789" + b"x" * 200_000
+        assert await f.read() == b""
+        with open(path, "r+b") as g:
+            g.truncate(5)
+        await f.seek(0)
+        assert await f.read() == b"01234"
+        await f.aclose()
+
+    run(main)

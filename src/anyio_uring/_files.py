@@ -1017,6 +1017,19 @@ class BufferedFile(AsyncFile[bytes]):
             if raw._pos < 0:
                 await raw._sync_pos()
             request = max(raw._size - raw._pos, 0) + 1
+            if not self._rbuf and request <= _MAX_RW:
+                # The common case: one READ of the known rest (+1 to see the end) does it.
+                chunk = bytearray(request)
+                res = await wait_operation(raw._ring.read(raw._fd, chunk, raw._pos, raw._read_sqe_flags))
+                if res < 0:
+                    raise os_error(res)
+                raw._pos += res
+                if res < request:
+                    del chunk[res:]
+                if raw._at_eof(request, res):
+                    return bytes(chunk)
+                if chunk:
+                    self._rbuf = chunk  # the file grew (or a short read): go on below
         else:
             request = max(self._buffer_size, _STREAM_READ)
         while True:
@@ -1166,6 +1179,12 @@ class BufferedFile(AsyncFile[bytes]):
             return
         if not self._wbuf:
             self._rbuf = bytearray()
+            if raw._closefd:  # the common case, without another frame
+                raw._closed = True
+                res = await wait_operation(raw._ring.close_fd(raw._fd))
+                if res < 0:
+                    raise os_error(res)
+                return
             await raw._close_u()
             return
         try:
