@@ -53,7 +53,9 @@ keep that promise intact by updating their state *only after* an operation's res
 * a write advances the position by the bytes the kernel reports written; a buffered write first
   flushes what is pending (if that is cancelled the new data was not accepted), then either
   buffers the data or writes it directly (a cancelled direct write leaves ``tell()`` after the
-  bytes actually written).
+  bytes actually written); a text write is accepted into the buffers before any I/O, so a
+  cancellation of the flush it triggers loses nothing (the next flush or close writes it);
+* ``aclose()`` is shielded (as anyio's is): the fd is always closed.
 
 Operations that are served from memory (a read from the read-ahead buffer, a buffered write, a
 seek) are cancel points but not schedule points; everything that reaches the ring is both.  Each
