@@ -11,6 +11,7 @@ There are three ways anyio can come to know the backend, and all of them end at
 2. ``import anyio_uring`` calls :func:`register`: it installs the same finder (for interpreters
    started with ``-S``, where ``.pth`` files are not processed) and, if anyio is already
    imported, puts the backend straight into ``anyio._core._eventloop.loaded_backends``.
+   (anyio always consults that dict first, so a backend put there wins over the finder.)
 3. Calling :func:`register` explicitly does the same, and imports anyio to do it.
 
 Importing ``anyio_uring`` does not import anyio: most of the runtime does not need it.
@@ -36,10 +37,10 @@ def register(*, import_anyio: bool = True) -> None:
     import _anyio_uring_hook
 
     _anyio_uring_hook.install()
-    if import_anyio:
-        import anyio._core._eventloop  # noqa: F401 - imported for the module registry below
-    eventloop = sys.modules.get("anyio._core._eventloop")
-    if eventloop is not None:
+    # ``import anyio`` imports its submodules lazily: test for the package, not the registry.
+    if import_anyio or "anyio" in sys.modules:
+        from anyio._core._eventloop import loaded_backends
+
         from .backend import UringBackend
 
-        eventloop.loaded_backends[BACKEND_NAME] = UringBackend
+        loaded_backends[BACKEND_NAME] = UringBackend
