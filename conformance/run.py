@@ -29,6 +29,7 @@ pass.  The last line printed is ``anyio-conformance <backend>: P passed, F faile
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -38,6 +39,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -84,12 +87,25 @@ def check_requirements() -> None:
         )
 
 
+@contextmanager
+def _cache_lock() -> Iterator[None]:
+    """Serializes downloads between runs that share the cache (e.g. two test sessions)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def fetch_suite(anyio: str) -> Path:
     """The extracted test suite of anyio ``anyio`` (downloaded once, then cached)."""
     dest = CACHE / f"anyio-{anyio}"
-    if (dest / ".complete").exists():
-        return dest
-    CACHE.mkdir(parents=True, exist_ok=True)
+    with _cache_lock():
+        if not (dest / ".complete").exists():
+            _download_suite(anyio, dest)
+    return dest
+
+
+def _download_suite(anyio: str, dest: Path) -> None:
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         subprocess.run(
             [
@@ -114,7 +130,17 @@ def fetch_suite(anyio: str) -> Path:
             shutil.rmtree(dest)
         shutil.move(extracted / f"anyio-{anyio}", dest)
         (dest / ".complete").write_text(f"anyio {anyio} test suite from {sdists[0].name}\n")
-    return dest
+
+
+def new_run_dir(keep: int = 5) -> Path:
+    """A directory for this run's logs and reports (runs may overlap); older ones are pruned."""
+    runs = CACHE / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in sorted(runs.iterdir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    run_dir = runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_dir.mkdir()
+    return run_dir
 
 
 # ------------------------------------------------------------------------------------------
@@ -142,12 +168,9 @@ class Report:
         return {r["key"] for r in self.results.values() if r["outcome"] == "failed"}
 
 
-def run_suite(suite: Path, backend: str, keyword: str | None, extra: list[str]) -> Report:
-    logs = CACHE / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    report_path = logs / f"{backend}.json"
-    log_path = logs / f"{backend}.log"
-    report_path.unlink(missing_ok=True)
+def run_suite(suite: Path, run_dir: Path, backend: str, keyword: str | None, extra: list[str]) -> Report:
+    report_path = run_dir / f"{backend}.json"
+    log_path = run_dir / f"{backend}.log"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
     env["ANYIO_CONFORMANCE_BACKEND"] = backend
@@ -303,10 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"anyio-conformance: anyio {anyio} test suite ({suite})", flush=True)
     expected = read_expected() if args.backend == "uring" else {}
 
+    run_dir = new_run_dir()
     reference = None
     if reference_backend != "none":
-        reference = run_suite(suite, reference_backend, args.keyword, args.pytest_args)
-    target = run_suite(suite, args.backend, args.keyword, args.pytest_args)
+        reference = run_suite(suite, run_dir, reference_backend, args.keyword, args.pytest_args)
+    target = run_suite(suite, run_dir, args.backend, args.keyword, args.pytest_args)
     filtered = bool(args.keyword or args.pytest_args)
     verdict = judge(target, reference, expected, filtered)
 
