@@ -26,6 +26,7 @@ import sniffio
 from anyio import from_thread, to_thread
 
 import anyio_uring as au
+from anyio_uring._sync import Event
 from anyio_uring._threads import from_thread_run, to_thread_run_sync
 from anyio_uring.backend import UringBackend
 
@@ -600,3 +601,28 @@ def test_runtime_cancelled_message() -> None:
 
     message = au.run(main)
     assert message.startswith("cancelled (why) by <Task ")
+
+
+def test_runtime_from_thread_run_from_an_abandonable_thread_runs_under_the_system_scope() -> None:
+    scope = au.CancelScope()
+    finished: list[bool] = []
+    host_left = Event()
+
+    async def outlives_its_host() -> None:
+        scope.cancel()  # the host abandons its thread; fn must not be cancelled with it
+        await au.checkpoint()
+        with au.fail_after(5):
+            await host_left.wait()
+        finished.append(True)
+
+    async def main() -> None:
+        with scope:
+            await to_thread_run_sync(from_thread_run, outlives_its_host, abandon_on_cancel=True)
+        host_left.set()
+        with au.fail_after(5):
+            while not finished:
+                await au.sleep(0.001)
+
+    au.run(main)
+    assert scope.cancelled_caught
+    assert finished == [True]

@@ -50,7 +50,17 @@ worker_local = _WorkerLocal()
 
 
 class _Job:
-    __slots__ = ("abandoned", "args", "cancelled", "context", "deliver", "fn", "runner", "task")
+    __slots__ = (
+        "abandonable",
+        "abandoned",
+        "args",
+        "cancelled",
+        "context",
+        "deliver",
+        "fn",
+        "runner",
+        "task",
+    )
 
     def __init__(
         self,
@@ -67,6 +77,7 @@ class _Job:
         self.args = args
         self.context = context
         self.deliver = deliver
+        self.abandonable = False
         self.abandoned = False
         self.cancelled = False
 
@@ -209,6 +220,7 @@ async def to_thread_run_sync(
     # The thread is not in async context, even if sniffio's context variable says otherwise.
     context.run(sniffio.current_async_library_cvar.set, None)
     job = _Job(runner, task, fn, args, context, deliver)
+    job.abandonable = abandon_on_cancel
 
     def abort(raise_cancel: RaiseCancel) -> Abort:
         job.cancelled = True
@@ -270,9 +282,10 @@ def from_thread_run_sync(fn: Callable[..., T], *args: Any, runner: Runner | None
 def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner | None = None) -> T:
     """From another thread: run ``await fn(*args)`` in a new system task and return its result.
 
-    Called from a worker thread whose task still waits for it, the new task runs under that
-    task's cancel scopes (as in trio): cancelling them cancels ``fn``.  Otherwise (another
-    thread, or the task abandoned its thread) it runs under the loop's system scope.
+    Called from a worker thread whose task waits for it (``abandon_on_cancel=False``), the new
+    task runs under that task's cancel scopes, as in trio: cancelling them cancels ``fn``.  From
+    any other thread, or from one its task may abandon (whose scopes may close while ``fn`` still
+    runs), it runs under the loop's system scope.
     """
     runner = runner or _loop_runner_for_this_thread()
     _check_not_loop_thread(runner)
@@ -290,7 +303,7 @@ def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner 
             done.set()
 
     def spawn() -> None:
-        host = job.task if job is not None and not job.abandoned else None
+        host = job.task if job is not None and not job.abandonable else None
         status = host._cancel_status if host is not None else None
         try:
             if status is None:
