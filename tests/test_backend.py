@@ -626,3 +626,24 @@ def test_runtime_from_thread_run_from_an_abandonable_thread_runs_under_the_syste
     au.run(main)
     assert scope.cancelled_caught
     assert finished == [True]
+
+
+def test_runtime_system_task_does_not_keep_its_spawner_alive() -> None:
+    """The test runner's host task is spawned by the first call's main task: an error that call
+    raised must not stay referenced for the life of the runner."""
+
+    class Boom(Exception):
+        pass
+
+    async def fail() -> None:
+        raise Boom
+
+    async def nothing() -> None:
+        pass
+
+    with UringBackend.create_test_runner({}) as runner:
+        with pytest.raises(Boom):
+            runner.run_test(fail, {})
+        runner.run_test(nothing, {})
+        gc.collect()
+        assert not [obj for obj in gc.get_objects() if type(obj) is Boom]

@@ -363,7 +363,10 @@ class Runner:
             context = contextvars.copy_context()
         if cancel_status is None and nursery is not None:
             cancel_status = nursery._cancel_status
-        task = Task(self, coro, name, context, GLOBAL.task, nursery, cancel_status)
+        # A system task can outlive the task that spawned it: it must not keep that task (and the
+        # outcome it will have) alive.
+        parent = None if system else GLOBAL.task
+        task = Task(self, coro, name, context, parent, nursery, cancel_status)
         self.tasks.add(task)
         if system:
             self.system_tasks.add(task)
