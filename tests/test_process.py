@@ -30,6 +30,7 @@ from anyio_uring._process import Process, open_process
 PIPE = subprocess.PIPE
 PY = sys.executable
 NO_WAITID = RingOptions(disable=frozenset({"waitid"}))
+WITH_WAITID = RingOptions(disable=RingOptions().effective_disable() - {"waitid"}, use_environment=False)
 NO_DEFER = RingOptions(disable=frozenset({"defer_taskrun"}))
 
 Runner = Callable[[Callable[[], Awaitable[Any]]], Any]
@@ -42,7 +43,8 @@ Runner = Callable[[Callable[[], Awaitable[Any]]], Any]
 def run(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Runner:
     """Run an async test body on a fresh loop, with one of the three ways of waiting."""
     mode = request.param
-    options = None if mode == "waitid" else NO_WAITID
+    # The WAITID path is tested even when ANYIO_URING_DISABLE masks it for the rest of the run.
+    options = WITH_WAITID if mode == "waitid" else NO_WAITID
     if mode == "polling":
 
         def no_pidfd(pid: int, flags: int = 0) -> int:

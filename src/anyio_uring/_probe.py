@@ -41,7 +41,7 @@ FEATURES: Final[dict[str, str]] = {
     "multishot_accept": "multishot ACCEPT (fallback: one ACCEPT per connection)",
     "multishot_recv": "multishot RECV (fallback: single-shot RECV)",
     "buffer_rings": "provided-buffer rings (fallback: receive into an owned buffer)",
-    "waitid": "IORING_OP_WAITID (fallback: poll a pidfd, then waitid)",
+    "waitid": "IORING_OP_WAITID (fallback: poll a pidfd, then waitpid)",
     "ftruncate": "IORING_OP_FTRUNCATE (fallback: worker thread)",
     "statx": "IORING_OP_STATX (fallback: worker thread)",
 }
@@ -271,5 +271,5 @@ class KernelSupport:
             else "RECV into an owned buffer",
             "file stat": "STATX on the ring" if self.statx else "os.stat in a worker thread",
             "file truncate": "FTRUNCATE on the ring" if self.ftruncate else "os.ftruncate in a worker thread",
-            "process wait": "WAITID on the ring" if self.waitid else "POLL_ADD on a pidfd, then waitid",
+            "process wait": "WAITID on the ring" if self.waitid else "POLL_ADD on a pidfd, then waitpid",
         }
