@@ -551,9 +551,9 @@ class Ring:
         flags: int = 0,
         sqe_flags: int = 0,
     ) -> Operation:
-        old, new = _path_pin(oldpath), _path_pin(newpath)
-        args = (sqe_flags, olddirfd, old, newdirfd, new, flags)
-        return self._queue(OP_RENAMEAT, lib.aur_prep_renameat, args, (old, new))
+        return self._path_pair(
+            OP_RENAMEAT, lib.aur_prep_renameat, olddirfd, oldpath, newdirfd, newpath, flags, sqe_flags
+        )
 
     def mkdirat(
         self, dirfd: int, path: str | bytes | os.PathLike[Any], mode: int = 0o777, sqe_flags: int = 0
@@ -581,9 +581,24 @@ class Ring:
         flags: int = 0,
         sqe_flags: int = 0,
     ) -> Operation:
+        return self._path_pair(
+            OP_LINKAT, lib.aur_prep_linkat, olddirfd, oldpath, newdirfd, newpath, flags, sqe_flags
+        )
+
+    def _path_pair(
+        self,
+        opcode: int,
+        prep: Callable[..., int],
+        olddirfd: int,
+        oldpath: str | bytes | os.PathLike[Any],
+        newdirfd: int,
+        newpath: str | bytes | os.PathLike[Any],
+        flags: int,
+        sqe_flags: int,
+    ) -> Operation:
+        """RENAMEAT and LINKAT take the same (dirfd, path) pair twice."""
         old, new = _path_pin(oldpath), _path_pin(newpath)
-        args = (sqe_flags, olddirfd, old, newdirfd, new, flags)
-        return self._queue(OP_LINKAT, lib.aur_prep_linkat, args, (old, new))
+        return self._queue(opcode, prep, (sqe_flags, olddirfd, old, newdirfd, new, flags), (old, new))
 
     def poll_add(self, fd: int, events: int, *, multishot: bool = False, sqe_flags: int = 0) -> Operation:
         args = (sqe_flags, _check_fd(fd), events, 1 if multishot else 0)

@@ -888,16 +888,7 @@ class UringBackend(anyio.abc.AsyncBackend):
         settings = _RunSettings.parse(options)
         with settings.debugging():
             runner = settings.new_runner()
-            try:
-                result: T_Retval = runner.run(_coroutine_function(func), *args, name=_callable_name(func))
-            except BaseException:
-                try:
-                    runner.close()
-                except BaseException as close_exc:  # pragma: no cover - report both
-                    sys.stderr.write(f"anyio_uring: error while closing the loop: {close_exc!r}\n")
-                raise
-            runner.close()
-        return result
+            return runner.run_and_close(_coroutine_function(func), *args, name=_callable_name(func))
 
     @classmethod
     def current_token(cls) -> object:

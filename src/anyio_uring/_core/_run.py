@@ -497,6 +497,19 @@ class Runner:
             if not self._closed:
                 GLOBAL.runner = None
 
+    def run_and_close(self, async_fn: Callable[..., Awaitable[T]], *args: Any, name: object = None) -> T:
+        """:meth:`run` then :meth:`close`, whatever happened: the body of :func:`run`."""
+        try:
+            result = self.run(async_fn, *args, name=name)
+        except BaseException:
+            try:
+                self.close()
+            except BaseException as close_exc:  # pragma: no cover - report both
+                sys.stderr.write(f"anyio_uring: error while closing the loop: {close_exc!r}\n")
+            raise
+        self.close()
+        return result
+
     def _raise_crash(self) -> None:
         if self._crash:
             errors, self._crash = self._crash, []
@@ -894,13 +907,4 @@ def run(
     Returns only once every task, operation and worker thread the run started has finished.
     """
     runner = Runner(clock=clock, ring_options=ring_options, install_signal_handlers=install_signal_handlers)
-    try:
-        result = runner.run(async_fn, *args)
-    except BaseException:
-        try:
-            runner.close()
-        except BaseException as close_exc:  # pragma: no cover - report both
-            sys.stderr.write(f"anyio_uring: error while closing the loop: {close_exc!r}\n")
-        raise
-    runner.close()
-    return result
+    return runner.run_and_close(async_fn, *args)
