@@ -28,12 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import trio
-import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import anyio_uring as au
+from dual import TRIO, URING, Lib
 
 # ============================================================================ programs
 
@@ -224,43 +222,6 @@ def programs(draw: st.DrawFn) -> Program:
 
 class Boom(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Lib:
-    name: str
-    run: Any
-    CancelScope: Any
-    Cancelled: type[BaseException]
-    MockClock: Any
-    open_nursery: Any
-    sleep: Any
-    checkpoint: Any
-    current_time: Any
-
-
-TRIO = Lib(
-    "trio",
-    trio.run,
-    trio.CancelScope,
-    trio.Cancelled,
-    trio.testing.MockClock,
-    trio.open_nursery,
-    trio.sleep,
-    trio.lowlevel.checkpoint,
-    trio.current_time,
-)
-URING = Lib(
-    "uring",
-    au.run,
-    au.CancelScope,
-    au.Cancelled,
-    au.MockClock,
-    au.open_nursery,
-    au.sleep,
-    au.checkpoint,
-    au.current_time,
-)
 
 
 def shape(exc: BaseException | None, lib: Lib) -> Any:

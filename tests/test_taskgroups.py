@@ -6,72 +6,16 @@ the exception groups, ``start()`` / ``task_status.started()`` and their error ca
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import trio
-import trio.testing
 
-import anyio_uring as au
-
-
-@dataclass(frozen=True)
-class Lib:
-    name: str
-    run: Callable[..., Any]
-    CancelScope: Any
-    Cancelled: type[BaseException]
-    MockClock: Any
-    open_nursery: Callable[..., Any]
-    sleep: Callable[[float], Any]
-    sleep_forever: Callable[[], Any]
-    checkpoint: Callable[[], Any]
-    move_on_after: Callable[..., Any]
-    current_time: Callable[[], float]
-    current_task: Callable[[], Any]
-    wait_all_tasks_blocked: Callable[..., Any]
-
-
-TRIO = Lib(
-    "trio",
-    trio.run,
-    trio.CancelScope,
-    trio.Cancelled,
-    trio.testing.MockClock,
-    trio.open_nursery,
-    trio.sleep,
-    trio.sleep_forever,
-    trio.lowlevel.checkpoint,
-    trio.move_on_after,
-    trio.current_time,
-    trio.lowlevel.current_task,
-    trio.testing.wait_all_tasks_blocked,
-)
-URING = Lib(
-    "uring",
-    au.run,
-    au.CancelScope,
-    au.Cancelled,
-    au.MockClock,
-    au.open_nursery,
-    au.sleep,
-    au.sleep_forever,
-    au.checkpoint,
-    au.move_on_after,
-    au.current_time,
-    au.current_task,
-    au.wait_all_tasks_blocked,
-)
+from dual import TRIO, URING, Lib, run_mock
 
 
 @pytest.fixture(params=[TRIO, URING], ids=["trio", "uring"])
 def lib(request: pytest.FixtureRequest) -> Lib:
     return request.param  # type: ignore[no-any-return]
-
-
-def run_mock(lib: Lib, fn: Callable[..., Any], *args: Any) -> Any:
-    return lib.run(fn, *args, clock=lib.MockClock(autojump_threshold=0))
 
 
 def shape(exc: BaseException) -> Any:
