@@ -63,11 +63,14 @@ async def _apply_binary(f: Any, rec: Recorder, ops: list[tuple[Any, ...]]) -> No
             await rec(name, getattr(f, name), *op[1:])
 
 
-@settings(
+SEQUENCES = settings(
     max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+
+
+@SEQUENCES
 @given(
     mode=st.sampled_from(["r+b", "w+b", "a+b", "rb", "wb", "ab"]),
     buffering=st.sampled_from([-1, 0, 7, 64]),
@@ -145,11 +148,7 @@ async def _apply_text(f: Any, rec: Recorder, ops: list[tuple[Any, ...]]) -> None
             await rec(name, getattr(f, name), *op[1:])
 
 
-@settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@SEQUENCES
 @given(
     mode=st.sampled_from(["r+", "w+", "a+", "r"]),
     encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "utf-8-sig"]),

@@ -23,6 +23,7 @@ from anyio_uring._errors import RingClosedError
 from anyio_uring._msghdr import MsgHdr
 from anyio_uring._native import ffi, lib
 from anyio_uring._ring import Operation, OpState, Ring
+from support import pinned
 
 Drive = Callable[..., None]
 AT_FDCWD = -100
@@ -43,16 +44,6 @@ def parse_sockaddr_in(raw: bytes) -> tuple[str, int]:
     assert family == socket.AF_INET
     (port,) = struct.unpack_from("!H", raw, 2)
     return socket.inet_ntoa(raw[4:8]), port
-
-
-def pinned(buf: bytearray) -> bool:
-    """A bytearray exported to the kernel cannot be resized: that is how we see it is pinned."""
-    try:
-        buf.extend(b"x")
-    except BufferError:
-        return True
-    del buf[-1]
-    return False
 
 
 def reap_one(ring: Ring, timeout: float = 5.0) -> tuple[int, int, int]:

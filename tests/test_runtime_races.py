@@ -29,6 +29,7 @@ import anyio_uring as au
 from anyio_uring import Cancelled, CancelScope, RingOptions
 from anyio_uring._core import current_runner
 from anyio_uring._ring import Operation, OpState, Ring
+from support import pinned
 
 IOSQE_ASYNC = 16
 NO_DEFER = RingOptions(disable=frozenset({"defer_taskrun"}))
@@ -52,16 +53,6 @@ def assert_ledger_empty() -> None:
     ring = the_ring()
     assert ring.inflight == own_watchers(), ring.ledger()
     assert ring.bytes_pinned == 0
-
-
-def pinned(buf: bytearray) -> bool:
-    """A bytearray exported to the kernel cannot be resized: that is how we see it is pinned."""
-    try:
-        buf.extend(b"x")
-    except BufferError:
-        return True
-    del buf[-1]
-    return False
 
 
 def open_fd_count() -> int:
