@@ -31,8 +31,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from anyio_uring._native import ffi, lib
-from anyio_uring._probe import RingOptions
 from anyio_uring._ring import Ring
+from anyio_uring._ring._probe import RingOptions
 
 
 def calls_per_op(batch: int, wait_calls_per_batch: float) -> float:

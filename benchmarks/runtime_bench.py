@@ -11,9 +11,9 @@ Workloads (the loop's start-up and shutdown are not timed; each runs inside one 
   ``asyncio.timeout(None)``, its nearest equivalent).
 * ``event ping-pong``: 20k round trips between two tasks through events (trio/anyio_uring
   Events are one-shot: a fresh one per hop; asyncio: ``Event.clear()``).  anyio_uring uses
-  ``anyio_uring._sync.Event`` when present, else a bare ``wait_task_rescheduled``/``reschedule``.
+  ``anyio_uring._core._sync.Event`` when present, else a bare ``wait_task_rescheduled``/``reschedule``.
 * ``to_thread``: 2k round trips through a worker thread (``trio.to_thread.run_sync``,
-  ``asyncio.to_thread``, ``anyio_uring._threads.to_thread_run_sync``; skipped if absent).
+  ``asyncio.to_thread``, ``anyio_uring._core._threads.to_thread_run_sync``; skipped if absent).
 
 Runs are interleaved (every runtime once per repetition, in turn); the table shows the median
 of ``--reps`` repetitions and the ratio to trio (< 1.0: faster than trio).
@@ -44,12 +44,12 @@ except ImportError:  # pragma: no cover
     uvloop = None
 
 try:
-    from anyio_uring._sync import Event as UringEvent
+    from anyio_uring._core._sync import Event as UringEvent
 except ImportError:  # pragma: no cover - the sync primitives are not there yet
     UringEvent = None
 
 try:
-    from anyio_uring._threads import to_thread_run_sync as uring_to_thread
+    from anyio_uring._core._threads import to_thread_run_sync as uring_to_thread
 except ImportError:  # pragma: no cover
     uring_to_thread = None
 
@@ -334,9 +334,9 @@ def main() -> None:
     uv_version = getattr(uvloop, "__version__", "absent")
     print(f"trio {trio.__version__}, uvloop {uv_version}, anyio_uring {au.__version__}")
     if UringEvent is None:
-        print("note: anyio_uring._sync.Event absent: ping-pong uses wait_task_rescheduled/reschedule")
+        print("note: anyio_uring._core._sync.Event absent: ping-pong uses wait_task_rescheduled/reschedule")
     if uring_to_thread is None:
-        print("note: anyio_uring._threads absent: the to_thread row is skipped for anyio_uring")
+        print("note: anyio_uring._core._threads absent: the to_thread row is skipped for anyio_uring")
     samples: dict[tuple[str, str], list[float]] = {}
     for rep in range(args.reps):
         for bench, (n, impls) in benches.items():

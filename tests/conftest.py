@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from anyio_uring._probe import RingOptions
 from anyio_uring._ring import Operation, Ring
+from anyio_uring._ring._probe import RingOptions
 
 Drive = Callable[..., None]
 

@@ -26,8 +26,8 @@ import sniffio
 from anyio import from_thread, to_thread
 
 import anyio_uring as au
-from anyio_uring._sync import Event
-from anyio_uring._threads import from_thread_run, to_thread_run_sync
+from anyio_uring._core._sync import Event
+from anyio_uring._core._threads import from_thread_run, to_thread_run_sync
 from anyio_uring.backend import UringBackend
 
 pytestmark = pytest.mark.anyio
@@ -129,7 +129,7 @@ def test_debug_option_tracks_coroutine_origins() -> None:
 
 async def test_cancel_scope_is_the_backends() -> None:
     with anyio.CancelScope(deadline=math.inf) as scope:
-        assert type(scope).__module__ == "anyio_uring.backend"
+        assert type(scope).__module__ == "anyio_uring._anyio._tasks"
         scope.shield = True
         assert scope.shield
         scope.deadline = anyio.current_time() + 0.01
@@ -544,7 +544,7 @@ def test_sniffio_is_restored_after_the_test_runner() -> None:
 
 
 def test_runtime_capacity_limiter_accepts_zero_tokens() -> None:
-    from anyio_uring._sync import CapacityLimiter
+    from anyio_uring._core._sync import CapacityLimiter
 
     assert CapacityLimiter(0).total_tokens == 0
     with pytest.raises(ValueError, match="total_tokens must be >= 0"):

@@ -603,7 +603,7 @@ async def main():
         # parked on a worker thread that cannot be interrupted (abort answers FAILED): the
         # interrupt must survive until the thread returns, then fire at the next checkpoint
         import time
-        from anyio_uring._threads import to_thread_run_sync
+        from anyio_uring._core._threads import to_thread_run_sync
         state["returned"] = await to_thread_run_sync(time.sleep, 0.6)
         await au.checkpoint()
         state["after checkpoint"] = True

@@ -13,7 +13,7 @@ import pytest
 
 import anyio_uring as au
 from anyio_uring._core import current_runner
-from anyio_uring._dns import encode_hostname, getaddrinfo, getnameinfo
+from anyio_uring._proc._dns import encode_hostname, getaddrinfo, getnameinfo
 
 
 def run(fn: Callable[[], Awaitable[Any]]) -> Any:

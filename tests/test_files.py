@@ -18,7 +18,7 @@ import pytest
 import anyio_uring
 from anyio_uring import CancelScope, RingOptions, open_file, open_nursery
 from anyio_uring._core._run import current_runner
-from anyio_uring._files import AsyncFile, BufferedFile, RawFile, TextFile
+from anyio_uring._fs._files import AsyncFile, BufferedFile, RawFile, TextFile
 from anyio_uring._ring import Ring
 
 
@@ -51,8 +51,8 @@ def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"worker thread used for {args[0]!r}")
 
-    import anyio_uring._files as files
-    import anyio_uring._paths as paths
+    import anyio_uring._fs._files as files
+    import anyio_uring._fs._paths as paths
 
     monkeypatch.setattr(files, "to_thread_run_sync", refuse)
     monkeypatch.setattr(paths, "run_sync_in_thread", refuse)
@@ -108,7 +108,7 @@ def test_masked_features_use_threads(tmp_path: SyncPath, monkeypatch: pytest.Mon
     (tmp_path / "f").write_bytes(b"0123456789")
     used: list[str] = []
 
-    import anyio_uring._files as files
+    import anyio_uring._fs._files as files
 
     original = files.to_thread_run_sync
 

@@ -16,7 +16,7 @@ import pytest
 import anyio_uring
 from anyio_uring import CancelScope, open_file, open_nursery, sleep
 from anyio_uring._core._run import current_runner
-from anyio_uring._files import IOSQE_ASYNC, BufferedFile, RawFile, TextFile
+from anyio_uring._fs._files import IOSQE_ASYNC, BufferedFile, RawFile, TextFile
 
 BIG = 256 * 1024 * 1024
 BLOCK = 4096

@@ -829,7 +829,7 @@ def test_every_anyio_method_is_overridden() -> None:
         "seek", "tell", "truncate", "flush", "aclose", "__aiter__", "wrapped", "__getattr__",
     }  # fmt: skip
     anyio_file_api = {n for n in vars(anyio.AsyncFile) if not n.startswith("_") or n in own_file_methods}
-    from anyio_uring._files import AsyncFile, BufferedFile, RawFile, TextFile
+    from anyio_uring._fs._files import AsyncFile, BufferedFile, RawFile, TextFile
 
     for cls in (RawFile, BufferedFile, TextFile):
         for name in anyio_file_api - {"limiter"}:

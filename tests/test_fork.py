@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from anyio_uring._buffers import ProvidedBufferRing
 from anyio_uring._errors import ForkedRingError
 from anyio_uring._ring import Operation, OpState, Ring
+from anyio_uring._ring._buffers import ProvidedBufferRing
 
 Drive = Callable[..., None]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from anyio_uring._native import lib
-from anyio_uring._probe import FEATURES, OPCODE_NAMES, RingOptions
 from anyio_uring._ring import OpState, Ring
+from anyio_uring._ring._probe import FEATURES, OPCODE_NAMES, RingOptions
 
 SF = {
     "SINGLE_ISSUER": lib.AUR_SF_SINGLE_ISSUER,
@@ -339,4 +339,4 @@ def test_main_imports_only_the_ring_layer() -> None:
                 imported.add(str(node.module))
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names if alias.name.startswith("anyio"))
-    assert imported == {"._errors", "._probe", "._ring"}
+    assert imported == {"._errors", "._ring"}

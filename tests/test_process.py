@@ -24,8 +24,8 @@ from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, E
 import anyio_uring as au
 from anyio_uring import CancelScope, RingOptions
 from anyio_uring._core import current_runner
-from anyio_uring._pipes import PipeReceiveStream, PipeSendStream
-from anyio_uring._process import Process, open_process
+from anyio_uring._proc._pipes import PipeReceiveStream, PipeSendStream
+from anyio_uring._proc._process import Process, open_process
 
 PIPE = subprocess.PIPE
 PY = sys.executable

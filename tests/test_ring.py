@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from anyio_uring._buffers import ProvidedBufferRing
 from anyio_uring._errors import RingClosedError
-from anyio_uring._msghdr import MsgHdr
 from anyio_uring._native import ffi, lib
 from anyio_uring._ring import Operation, OpState, Ring
+from anyio_uring._ring._buffers import ProvidedBufferRing
+from anyio_uring._ring._msghdr import MsgHdr
 from support import pinned
 
 Drive = Callable[..., None]
@@ -1067,7 +1067,7 @@ def test_close_interrupted_by_a_raising_callback_keeps_memory() -> None:
     parked in _ABANDONED (their memory is never freed), not left in a closed ring's ledger.
     (The ring is not from make_ring: its teardown insists on nothing pinned.  What lands in
     _ABANDONED stays there: the kernel may still be writing into it.)"""
-    from anyio_uring import _ring
+    from anyio_uring._ring import _ring
 
     ring = Ring()
     fd = os.open("/dev/zero", os.O_RDONLY)

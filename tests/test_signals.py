@@ -13,8 +13,8 @@ import pytest
 
 import anyio_uring as au
 from anyio_uring._core import current_runner
-from anyio_uring._signals import open_signal_receiver
-from anyio_uring._threads import to_thread_run_sync
+from anyio_uring._core._threads import to_thread_run_sync
+from anyio_uring._proc._signals import open_signal_receiver
 
 USR1, USR2 = signal.SIGUSR1, signal.SIGUSR2
 

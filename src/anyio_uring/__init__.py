@@ -24,12 +24,7 @@ from ._core import (
     wait_all_tasks_blocked,
     wait_task_rescheduled,
 )
-from ._errors import ForkedRingError, IoUringUnavailableError, RingClosedError, UringInternalError
-from ._probe import RingOptions
-from ._registration import register
-from ._taskgroup import Nursery, TaskStatus, open_nursery
-from ._version import __version__
-from .cancel import (
+from ._core._cancel import (
     CancelScope,
     current_effective_deadline,
     fail_after,
@@ -38,6 +33,11 @@ from .cancel import (
     move_on_at,
     wait_operation,
 )
+from ._core._taskgroup import Nursery, TaskStatus, open_nursery
+from ._errors import ForkedRingError, IoUringUnavailableError, RingClosedError, UringInternalError
+from ._registration import register
+from ._ring import RingOptions
+from ._version import __version__
 
 __all__ = [
     "Abort",
@@ -78,8 +78,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from ._files import open_file
-    from ._paths import Path
+    from ._fs import Path, open_file
 
 
 def __getattr__(name: str) -> Any:
@@ -88,7 +87,7 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     import importlib
 
-    module = importlib.import_module(f"{__name__}.{'_files' if name == 'open_file' else '_paths'}")
+    module = importlib.import_module(f"{__name__}._fs")
     value = getattr(module, name)
     globals()[name] = value  # later look-ups do not come here
     return value

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from ._errors import IoUringUnavailableError
-from ._probe import FEATURES, OPCODE_NAMES, KernelSupport, RingOptions
+from ._ring import FEATURES, OPCODE_NAMES, KernelSupport, RingOptions
 
 #: IORING_FEAT_* bit names, by bit number (kernel ABI).
 FEATURE_BITS: dict[int, str] = {

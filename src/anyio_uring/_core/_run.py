@@ -44,13 +44,14 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import sniffio
 
 from .._errors import UringInternalError
-from .._probe import RingOptions
-from .._ring import Operation, Ring
+from .._ring import Operation, Ring, RingOptions
+from ._cancel import cancel_all_tasks, root_cancel_status, system_cancel_status
 from ._clock import Clock, SystemClock
+from ._context import GLOBAL, Cancelled, current_runner, current_task, current_time
 from ._traps import CHECKPOINT_TRAP, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 if TYPE_CHECKING:
-    from ..cancel import CancelStatus
+    from ._cancel import CancelStatus
 
 __all__ = [
     "Cancelled",
@@ -72,44 +73,6 @@ __all__ = [
 T = TypeVar("T")
 
 _task_ids = itertools.count(1)
-
-
-class Cancelled(BaseException):
-    """Raised inside a task whose enclosing cancel scope was cancelled.
-
-    Like ``trio.Cancelled`` it derives from ``BaseException`` and must not be swallowed: the cancel
-    scope that caused it catches it on exit.
-    """
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else "Cancelled"
-
-
-class _RunContext(threading.local):
-    runner: Runner | None = None
-    task: Task | None = None
-
-
-GLOBAL = _RunContext()
-
-
-def current_runner() -> Runner:
-    runner = GLOBAL.runner
-    if runner is None:
-        raise RuntimeError("must be called from inside anyio_uring.run() (no loop runs in this thread)")
-    return runner
-
-
-def current_task() -> Task:
-    task = GLOBAL.task
-    if task is None:
-        raise RuntimeError("must be called from async context inside anyio_uring.run()")
-    return task
-
-
-def current_time() -> float:
-    """The current time on the running loop's clock."""
-    return current_runner().clock.current_time()
 
 
 # ------------------------------------------------------------------------------------------
@@ -380,7 +343,6 @@ class Runner:
     ) -> Task:
         """A task outside every nursery; it is cancelled when the runner closes.  It must not
         raise (wrap it): an exception escaping it crashes the loop."""
-        from ..cancel import system_cancel_status
 
         return self.spawn(async_fn, args, None, name, system=True, cancel_status=system_cancel_status(self))
 
@@ -477,7 +439,6 @@ class Runner:
         try:
             main = self.spawn(async_fn, args, None, name)
             self.main_task = main
-            from ..cancel import root_cancel_status
 
             main._activate_cancel_status(root_cancel_status(main))
             self._loop(lambda: main.outcome is None)
@@ -645,8 +606,6 @@ class Runner:
         GLOBAL.runner = self
         try:
             if self.tasks:
-                from ..cancel import cancel_all_tasks
-
                 cancel_all_tasks(self)
                 sniffio_old = sniffio.thread_local.name
                 sniffio.thread_local.name = "uring"

@@ -32,10 +32,10 @@ from typing import Any, Final
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-from ._core._run import checkpoint, checkpoint_if_cancelled, current_runner
-from ._ring import Operation
-from ._sync import ParkingLot
-from .cancel import CancelScope, wait_operation
+from .._core._cancel import CancelScope, wait_operation
+from .._core._run import checkpoint, checkpoint_if_cancelled, current_runner
+from .._core._sync import ParkingLot
+from .._ring import Operation
 
 __all__ = ["PipeReceiveStream", "PipeSendStream"]
 

@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import sniffio
 
-from ._core._run import GLOBAL, Error, Runner, Task, checkpoint_if_cancelled, current_runner, current_task
-from ._core._traps import Abort, RaiseCancel, wait_task_rescheduled
+from ._context import GLOBAL
+from ._run import Error, Runner, Task, checkpoint_if_cancelled, current_runner, current_task
 from ._sync import CapacityLimiter
+from ._traps import Abort, RaiseCancel, wait_task_rescheduled
 
 __all__ = [
     "WorkerPool",
@@ -320,7 +321,7 @@ def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner 
 
 
 def _system(runner: Runner) -> Any:
-    from .cancel import system_cancel_status
+    from ._cancel import system_cancel_status
 
     return system_cancel_status(runner)
 
@@ -328,7 +329,7 @@ def _system(runner: Runner) -> Any:
 def from_thread_check_cancelled() -> None:
     """In a worker thread: raise the loop's Cancelled if the task that started this thread has
     been cancelled (its wait has been aborted)."""
-    from ._core._run import Cancelled
+    from ._run import Cancelled
 
     job = worker_local.job
     if job is None:

@@ -54,7 +54,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
-from ._core._run import checkpoint, current_runner
+from .._core._cancel import wait_operation
+from .._core._run import checkpoint, current_runner
 from ._files import (
     AT_FDCWD,
     AT_REMOVEDIR,
@@ -69,12 +70,11 @@ from ._files import (
     run_sync_in_thread,
     stat_from_statx,
 )
-from .cancel import wait_operation
 
 if TYPE_CHECKING:
     from _typeshed import OpenBinaryMode, OpenTextMode, ReadableBuffer
 
-    from ._ring import Ring
+    from .._ring import Ring
 
 from typing import Self
 

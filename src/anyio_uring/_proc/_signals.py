@@ -24,8 +24,8 @@ from collections import deque
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from ._core._run import Runner, _SignalWakeup, checkpoint, current_runner
-from ._sync import ParkingLot
+from .._core._run import Runner, _SignalWakeup, checkpoint, current_runner
+from .._core._sync import ParkingLot
 
 if TYPE_CHECKING:
     from collections.abc import Callable

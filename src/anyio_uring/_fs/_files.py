@@ -82,16 +82,17 @@ from typing import TYPE_CHECKING, Any, AnyStr, Final, overload
 from anyio import AsyncFile as _AnyioAsyncFile
 from anyio import CapacityLimiter as _AnyioCapacityLimiter
 
-from ._core._run import GLOBAL, checkpoint_if_cancelled, current_runner
-from ._native import ffi
-from ._sync import ParkingLot
-from ._threads import to_thread_run_sync
-from .cancel import CancelScope, wait_operation
+from .._core._cancel import CancelScope, wait_operation
+from .._core._context import GLOBAL, current_runner
+from .._core._run import checkpoint_if_cancelled
+from .._core._sync import ParkingLot
+from .._core._threads import to_thread_run_sync
+from .._native import ffi
 
 if TYPE_CHECKING:
     from _typeshed import OpenBinaryMode, OpenTextMode, ReadableBuffer, WriteableBuffer
 
-    from ._ring import Ring
+    from .._ring import Ring
 
 __all__ = ["AsyncFile", "BufferedFile", "RawFile", "TextFile", "open_file"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._native import ffi, lib
+from .._native import ffi, lib
 
 if TYPE_CHECKING:
     from ._ring import Ring

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._native import ffi
+from .._native import ffi
 
 __all__ = ["MsgHdr"]
 

@@ -18,9 +18,9 @@ import socket
 from collections.abc import Sequence
 from typing import TypeAlias
 
-from ._core._run import checkpoint_if_cancelled
-from ._core._traps import cancel_shielded_checkpoint
-from ._threads import to_thread_run_sync
+from .._core._run import checkpoint_if_cancelled
+from .._core._threads import to_thread_run_sync
+from .._core._traps import cancel_shielded_checkpoint
 
 __all__ = ["AddrInfo", "encode_hostname", "getaddrinfo", "getnameinfo"]
 

@@ -16,8 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Final
 
-from ._errors import IoUringUnavailableError
-from ._native import lib
+from .._errors import IoUringUnavailableError
+from .._native import lib
 
 __all__ = [
     "FEATURES",

@@ -6,7 +6,7 @@ Spawning is ``subprocess.Popen`` (vfork/posix_spawn + exec, synchronous like asy
 it; the child never touches the ring: its fds are ``O_CLOEXEC``).  Pipes requested with
 ``subprocess.PIPE`` are made here (``pipe2(O_CLOEXEC)``), the child's ends handed to Popen as
 plain fds and closed in the parent after the spawn; the parent's ends become
-:mod:`~anyio_uring._pipes` streams.
+:mod:`~anyio_uring._proc._pipes` streams.
 
 Waiting for exit never consumes the exit status in the kernel: the ring operation only *observes*
 the exit, and reaping is a synchronous ``waitpid(pid, WNOHANG)`` in one place
@@ -39,9 +39,9 @@ from typing import IO, Any, Final, TypeAlias
 from anyio.abc import ByteReceiveStream, ByteSendStream
 from anyio.abc import Process as AbstractProcess
 
-from ._core._run import checkpoint, current_runner, sleep
+from .._core._cancel import CancelScope, wait_operation
+from .._core._run import checkpoint, current_runner, sleep
 from ._pipes import PipeReceiveStream, PipeSendStream
-from .cancel import CancelScope, wait_operation
 
 __all__ = ["Process", "open_process"]
 

@@ -10,8 +10,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from ._core._run import Task, checkpoint, checkpoint_if_cancelled, current_task
-from ._core._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+from ._run import Task, checkpoint, checkpoint_if_cancelled, current_task
+from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 __all__ = ["CapacityLimiter", "Event", "Lock", "ParkingLot", "Semaphore"]
 

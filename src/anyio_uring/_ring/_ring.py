@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
 
-from ._errors import ForkedRingError, RingClosedError, UringInternalError
+from .._errors import ForkedRingError, RingClosedError, UringInternalError
+from .._native import ffi, lib
 from ._msghdr import MsgHdr
-from ._native import ffi, lib
 from ._probe import OPCODE_NAMES, KernelSupport, RingOptions, unavailable_error
 
 __all__ = ["Ledger", "OpState", "Operation", "Ring"]

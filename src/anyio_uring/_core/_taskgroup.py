@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from ._core._run import Cancelled, Error, Task, current_task
-from ._core._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
-from ._errors import UringInternalError
-from .cancel import CancelScope, CancelStatus
+from .._errors import UringInternalError
+from ._cancel import CancelScope, CancelStatus
+from ._run import Cancelled, Error, Task, current_task
+from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 __all__ = ["Nursery", "TaskStatus", "open_nursery"]
 

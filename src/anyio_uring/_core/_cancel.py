@@ -1,0 +1,518 @@
+"""Cancel scopes, the cancellation tree, and the bridge from cancellation to ``ASYNC_CANCEL``.
+
+Theory of operation
+-------------------
+Cancellation is *level-triggered* (trio's model): a cancelled scope stays cancelled, and every
+cancel point inside it raises :class:`Cancelled` until the scope is exited.  Scopes form a tree of
+:class:`CancelStatus` objects (one per entered scope); each task points at the status of its
+innermost scope.  A status is *effectively cancelled* when its scope is cancelled, or when its
+parent is effectively cancelled and its scope does not shield.  When that changes to true, every
+task under it that is parked gets its abort callback called (see ``_core/_traps.py``).
+
+:func:`wait_operation` is **the one place where a cancellation reaching a task parked on an
+io_uring operation becomes ``IORING_OP_ASYNC_CANCEL``**.  Its abort callback asks the ring to
+withdraw the SQE if the kernel has not seen it yet (no syscall; the task raises ``Cancelled``
+at once) and otherwise queues ``ASYNC_CANCEL`` and answers ``Abort.FAILED``: the task stays
+parked, and the operation's memory stays owned by the operation, until the target's *final* CQE.
+That CQE decides -- ``-ECANCELED``: the task raises the cancellation; any other result: the task
+receives it (no byte lost) and the still-cancelled scope raises at the next checkpoint.  The
+cancel request's own CQE (0, ``-ENOENT``, ``-EALREADY``, ``n`` for ALL/ANY) decides nothing: on
+this kernel ``-ENOENT`` arrives before the data CQE, and an O_DIRECT read reports ``-ENOENT`` then
+completes 20 ms later (KERNEL-FACTS.md section 2).
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._context import GLOBAL, Cancelled, current_task
+from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from .._ring import Operation
+    from ._run import Runner, Task
+
+__all__ = [
+    "CancelScope",
+    "CancelStatus",
+    "Cancelled",
+    "current_effective_deadline",
+    "fail_after",
+    "fail_at",
+    "move_on_after",
+    "move_on_at",
+    "wait_operation",
+]
+
+
+class CancelStatus:
+    """The cancellation state of one entered :class:`CancelScope`, linked into a tree.
+
+    Invariant: ``all(task._cancel_status is self for task in self.tasks)``.
+    Invariant: ``effectively_cancelled == scope._cancel_called or (parent is not None and not
+    scope._shield and parent.effectively_cancelled)``, kept by :meth:`recalculate`.
+    """
+
+    __slots__ = ("_parent", "abandoned_by_misnesting", "children", "effectively_cancelled", "scope", "tasks")
+
+    def __init__(self, scope: CancelScope, parent: CancelStatus | None) -> None:
+        self.scope = scope
+        self._parent: CancelStatus | None = None
+        self.children: set[CancelStatus] = set()
+        self.tasks: set[Task] = set()
+        self.effectively_cancelled = False
+        self.abandoned_by_misnesting = False
+        self.parent = parent
+
+    @property
+    def parent(self) -> CancelStatus | None:
+        return self._parent
+
+    @parent.setter
+    def parent(self, parent: CancelStatus | None) -> None:
+        if self._parent is not None:
+            self._parent.children.discard(self)
+        self._parent = parent
+        if parent is not None:
+            parent.children.add(self)
+        self.recalculate()
+
+    @property
+    def parent_cancellation_is_visible_to_us(self) -> bool:
+        return self._parent is not None and not self.scope._shield and self._parent.effectively_cancelled
+
+    def recalculate(self) -> None:
+        # Iterative walk: deep trees of scopes must not hit the recursion limit.
+        todo = [self]
+        while todo:
+            status = todo.pop()
+            new = status.scope._cancel_called or status.parent_cancellation_is_visible_to_us
+            if new != status.effectively_cancelled:
+                status.effectively_cancelled = new
+                if new:
+                    for task in list(status.tasks):
+                        task._attempt_delivery_of_any_pending_cancel()
+                todo.extend(status.children)
+
+    def cancelled(self) -> Cancelled:
+        """The exception for a task under this (effectively cancelled) status: it names the
+        scope whose cancellation reaches the task -- its reason, and the task that cancelled it."""
+        status: CancelStatus | None = self
+        while status is not None:
+            scope = status.scope
+            if scope._cancel_called:
+                return Cancelled(scope._cancel_message())
+            if scope._shield:
+                break
+            status = status._parent
+        return Cancelled()
+
+    def raise_cancel(self) -> NoReturn:
+        raise self.cancelled()
+
+    def encloses(self, other: CancelStatus | None) -> bool:
+        while other is not None:
+            if other is self:
+                return True
+            other = other._parent
+        return False
+
+    def close(self) -> None:
+        self.parent = None
+        if self.tasks or self.children:
+            # Scopes were exited out of order: leave the dangling subtree cancelled and detached
+            # so the tasks in it unwind; CancelScope._close reports the misnesting.
+            todo = [self]
+            while todo:
+                status = todo.pop()
+                status.abandoned_by_misnesting = True
+                todo.extend(status.children)
+            self.scope._cancel_called = True
+            self.recalculate()
+
+
+class CancelScope:
+    """A trio-style cancel scope: ``with CancelScope(deadline=..., shield=...) as scope:``.
+
+    ``cancel()`` cancels everything inside (level-triggered); ``deadline`` is an absolute time on
+    the loop's clock at which that happens by itself; ``shield=True`` hides cancellation from
+    outer scopes.  After exit, ``cancelled_caught`` says whether the scope caught a
+    :class:`Cancelled` it caused.
+    """
+
+    __slots__ = (
+        "_cancel_called",
+        "_cancel_source",
+        "_cancel_status",
+        "_deadline",
+        "_has_been_entered",
+        "_relative_deadline",
+        "_runner",
+        "_shield",
+        "_timer",
+        "cancel_reason",
+        "cancelled_caught",
+    )
+
+    def __init__(
+        self, *, deadline: float = math.inf, shield: bool = False, relative_deadline: float = math.inf
+    ) -> None:
+        if math.isnan(deadline):
+            raise ValueError("deadline must not be NaN")
+        if math.isnan(relative_deadline):
+            raise ValueError("relative deadline must not be NaN")
+        if relative_deadline < 0:
+            raise ValueError("timeout must be non-negative")
+        if math.inf not in (relative_deadline, deadline):
+            raise ValueError("Cannot specify both a deadline and a relative deadline")
+        if not isinstance(shield, bool):
+            raise TypeError("shield must be a bool")
+        self._deadline = deadline
+        self._relative_deadline = relative_deadline
+        self._shield = shield
+        self._cancel_called = False
+        self._cancel_source: str | None = None
+        self._cancel_status: CancelStatus | None = None
+        self._has_been_entered = False
+        self._runner: Runner | None = None
+        self._timer: list[Any] | None = None
+        self.cancelled_caught = False
+        self.cancel_reason: str | None = None
+
+    def __repr__(self) -> str:
+        state = "active" if self._cancel_status is not None else "unbound"
+        if self._cancel_called:
+            state += ", cancelled"
+        if self._deadline != math.inf:
+            state += f", deadline={self._deadline:.3f}"
+        return f"<CancelScope {state} at {id(self):#x}>"
+
+    # -- entering and leaving ---------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        task = current_task()
+        if self._has_been_entered:
+            raise RuntimeError("Each CancelScope may only be used for a single 'with' block")
+        self._has_been_entered = True
+        self._runner = task._runner
+        if self._relative_deadline != math.inf:
+            self._deadline = self._runner.clock.current_time() + self._relative_deadline
+            self._relative_deadline = math.inf
+        if self._runner.clock.current_time() >= self._deadline:
+            self._cancel_called = True
+            self.cancel_reason = "deadline"
+        self._cancel_status = CancelStatus(self, task._cancel_status)
+        self._update_timer()
+        task._activate_cancel_status(self._cancel_status)
+        return self
+
+    def __exit__(
+        self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        remaining = self._close(exc)
+        if remaining is None:
+            return True
+        if remaining is exc:
+            return False
+        # Raising here would make the exception being handled (``exc``) the new one's
+        # __context__; keep the context it already has (e.g. a group split from ``exc``).
+        context = remaining.__context__
+        try:
+            raise remaining
+        finally:
+            remaining.__context__ = context
+            # Break the reference cycles through this frame (reachable from the traceback).
+            remaining = context = None
+            del exc, tb
+
+    def _close(self, exc: BaseException | None) -> BaseException | None:
+        status = self._cancel_status
+        if status is None:
+            err = RuntimeError(
+                f"Cancel scope stack corrupted: attempted to exit {self!r} which had already been exited"
+            )
+            err.__context__ = exc
+            return err
+        task = current_task()
+        if task._cancel_status is not status:
+            if status.abandoned_by_misnesting:
+                pass
+            elif not status.encloses(task._cancel_status):
+                err = RuntimeError(
+                    f"Cancel scope stack corrupted: attempted to exit {self!r} from unrelated {task!r}"
+                )
+                err.__context__ = exc
+                return err
+            else:
+                err = RuntimeError(
+                    f"Cancel scope stack corrupted: attempted to exit {self!r} in {task!r} that's "
+                    "still within a child scope (cancel scopes must be exited in reverse order)"
+                )
+                err.__context__ = exc
+                exc = err
+                task._activate_cancel_status(status.parent)
+        else:
+            task._activate_cancel_status(status.parent)
+        caused_here = status.effectively_cancelled and not status.parent_cancellation_is_visible_to_us
+        if (exc is not None and caused_here) or (
+            task._cancel_status is not status and status.abandoned_by_misnesting
+        ):
+            if isinstance(exc, Cancelled):
+                self.cancelled_caught = True
+                exc = None
+            elif isinstance(exc, BaseExceptionGroup):
+                matched, rest = exc.split(Cancelled)
+                if matched is not None:
+                    self.cancelled_caught = True
+                exc = rest
+        status.close()
+        self._cancel_status = None
+        self._update_timer()
+        return exc
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Cancel this scope (idempotent)."""
+        if self._cancel_called:
+            return
+        self._cancel_called = True
+        self.cancel_reason = reason if reason is not None else "explicit"
+        if GLOBAL.task is not None:
+            self._cancel_source = repr(GLOBAL.task)
+        self._update_timer()
+        if self._cancel_status is not None:
+            self._cancel_status.recalculate()
+
+    def _cancel_message(self) -> str:
+        message = f"cancelled ({self.cancel_reason or 'explicit'})"
+        if self._cancel_source is not None:
+            message += f" by {self._cancel_source}"
+        return message
+
+    def fire(self) -> None:
+        """Timer callback: the deadline has passed."""
+        self._timer = None
+        if not self._cancel_called:
+            self.cancel("deadline")
+
+    def _update_timer(self) -> None:
+        runner = self._runner
+        if runner is None:
+            return
+        want = self._cancel_status is not None and not self._cancel_called and self._deadline != math.inf
+        timer = self._timer
+        if timer is not None and (not want or timer[0] != self._deadline):
+            runner.cancel_timer(timer)
+            self._timer = timer = None
+        if want and timer is None:
+            self._timer = runner.add_timer(self._deadline, self)
+
+    @property
+    def cancel_called(self) -> bool:
+        if not self._cancel_called and (self._cancel_status is not None or not self._has_been_entered):
+            runner = self._runner or GLOBAL.runner
+            if runner is not None and runner.clock.current_time() >= self._deadline:
+                self.cancel("deadline")
+        return self._cancel_called
+
+    @property
+    def deadline(self) -> float:
+        if self._relative_deadline != math.inf:
+            runner = GLOBAL.runner
+            if runner is not None:
+                return runner.clock.current_time() + self._relative_deadline
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, new_deadline: float) -> None:
+        if math.isnan(float(new_deadline)):
+            raise ValueError("deadline must not be NaN")
+        self._relative_deadline = math.inf
+        self._deadline = float(new_deadline)
+        if self._cancel_status is not None and self._runner is not None:
+            if self._runner.clock.current_time() >= self._deadline:
+                self.cancel("deadline")
+            else:
+                self._update_timer()
+
+    @property
+    def relative_deadline(self) -> float:
+        if self._has_been_entered:
+            runner = self._runner
+            assert runner is not None
+            return self._deadline - runner.clock.current_time()
+        if self._deadline != math.inf:
+            raise RuntimeError("unentered relative cancel scope does not have a relative deadline")
+        return self._relative_deadline
+
+    @relative_deadline.setter
+    def relative_deadline(self, value: float) -> None:
+        if math.isnan(value):
+            raise ValueError("relative deadline must not be NaN")
+        if value < 0:
+            raise ValueError("relative deadline must be non-negative")
+        if self._has_been_entered:
+            assert self._runner is not None
+            self.deadline = self._runner.clock.current_time() + value
+        else:
+            self._deadline = math.inf
+            self._relative_deadline = value
+
+    @property
+    def shield(self) -> bool:
+        return self._shield
+
+    @shield.setter
+    def shield(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError("shield must be a bool")
+        self._shield = value
+        if self._cancel_status is not None:
+            self._cancel_status.recalculate()
+
+
+# ------------------------------------------------------------------------------------------
+# roots of the tree
+# ------------------------------------------------------------------------------------------
+
+
+def root_cancel_status(task: Task) -> CancelStatus:
+    """A fresh root scope for a run's main task (never cancelled from outside)."""
+    scope = CancelScope()
+    scope._has_been_entered = True
+    scope._runner = task._runner
+    status = CancelStatus(scope, None)
+    scope._cancel_status = status
+    return status
+
+
+def system_cancel_status(runner: Runner) -> CancelStatus:
+    """The status system tasks live under; cancelled when the runner closes."""
+    status: CancelStatus | None = getattr(runner, "_system_status", None)
+    if status is None:
+        scope = CancelScope()
+        scope._has_been_entered = True
+        scope._runner = runner
+        status = CancelStatus(scope, None)
+        scope._cancel_status = status
+        runner._system_status = status  # type: ignore[attr-defined]
+    return status
+
+
+def cancel_all_tasks(runner: Runner) -> None:
+    """Used by ``Runner.close``: cancel the system scope and every task still alive."""
+    system_cancel_status(runner).scope.cancel("loop closing")
+    for task in list(runner.tasks):
+        status = task._cancel_status
+        while status is not None and status.parent is not None:
+            status = status.parent
+        if status is not None:
+            status.scope.cancel("loop closing")
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------
+
+
+def current_effective_deadline() -> float:
+    """The nearest deadline that applies to the current task (``-inf`` if already cancelled)."""
+    status = current_task()._cancel_status
+    deadline = math.inf
+    while status is not None:
+        if status.effectively_cancelled:
+            return -math.inf
+        scope = status.scope
+        deadline = min(deadline, scope._deadline)
+        if scope._shield:
+            break
+        status = status.parent
+    return deadline
+
+
+def move_on_at(deadline: float, *, shield: bool = False) -> CancelScope:
+    return CancelScope(deadline=deadline, shield=shield)
+
+
+def move_on_after(seconds: float, *, shield: bool = False) -> CancelScope:
+    if seconds < 0:
+        raise ValueError("timeout must be non-negative")
+    return CancelScope(relative_deadline=seconds, shield=shield)
+
+
+@contextmanager
+def fail_at(deadline: float, *, shield: bool = False) -> Iterator[CancelScope]:
+    with move_on_at(deadline, shield=shield) as scope:
+        yield scope
+    if scope.cancelled_caught:
+        raise TimeoutError
+
+
+@contextmanager
+def fail_after(seconds: float, *, shield: bool = False) -> Iterator[CancelScope]:
+    with move_on_after(seconds, shield=shield) as scope:
+        yield scope
+    if scope.cancelled_caught:
+        raise TimeoutError
+
+
+# ------------------------------------------------------------------------------------------
+# the bridge to IORING_OP_ASYNC_CANCEL
+# ------------------------------------------------------------------------------------------
+
+
+class _OpWaiter:
+    """Park/reschedule glue between one task and one Operation."""
+
+    __slots__ = ("_op", "cancel_requested", "raise_cancel", "task")
+
+    def __init__(self, task: Task, op: Operation) -> None:
+        self.task = task
+        self._op = op
+        self.cancel_requested = False
+        self.raise_cancel: RaiseCancel | None = None
+
+    def completed(self, op: Operation) -> None:
+        self.task._runner.reschedule(self.task, op.result)
+
+    def abort(self, raise_cancel: RaiseCancel) -> Abort:
+        op = self._op
+        if op.ring.cancel(op):
+            return Abort.SUCCEEDED  # withdrawn before the kernel saw it
+        self.cancel_requested = True
+        self.raise_cancel = raise_cancel
+        return Abort.FAILED  # the final CQE decides
+
+
+async def wait_operation(op: Operation) -> int:
+    """Wait for ``op``'s final CQE and return its result (``-errno`` on failure).
+
+    If the task is cancelled meanwhile, the operation is withdrawn or ``ASYNC_CANCEL``-ed and
+    the task keeps waiting for the final CQE: ``-ECANCELED`` raises the cancellation, any other
+    result is returned (and the cancellation lands at the next checkpoint).
+    """
+    task = current_task()
+    if op.done:
+        # Completed (or withdrawn) before anyone waited: no callback will ever come, and the
+        # abort could only answer FAILED -- parking would never end, not even by cancellation.
+        # Hand the result over at a schedule point (not a cancel point: it must not be lost).
+        await cancel_shielded_checkpoint()
+        assert op.result is not None
+        return op.result
+    if op.callback is not None:
+        raise RuntimeError(f"another task is already waiting for {op!r}")
+    waiter = _OpWaiter(task, op)
+    op.callback = waiter.completed
+    result: int = await wait_task_rescheduled(waiter.abort)
+    if waiter.cancel_requested and result == -errno.ECANCELED:
+        assert waiter.raise_cancel is not None
+        waiter.raise_cancel()
+    return result
