@@ -8,17 +8,20 @@ from ._core._cancel import (
     Cancelled,
     CancelScope,
     CancelStatus,
+    InFlight,
     current_effective_deadline,
     fail_after,
     fail_at,
     move_on_after,
     move_on_at,
     wait_operation,
+    wait_owned_fd,
 )
 
 __all__ = [
     "CancelScope",
     "CancelStatus",
+    "InFlight",
     "Cancelled",
     "current_effective_deadline",
     "fail_after",
@@ -26,4 +29,5 @@ __all__ = [
     "move_on_after",
     "move_on_at",
     "wait_operation",
+    "wait_owned_fd",
 ]

@@ -5,31 +5,20 @@ from __future__ import annotations
 import os
 import select
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
 from .._core import Runner, current_runner
-from .._core._cancel import wait_operation
+from .._core._cancel import InFlight
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
 
-class _FdWait:
-    """One task waiting (``POLL_ADD``) for one fd and direction; ``closed`` is set by
-    ``notify_closing``."""
-
-    __slots__ = ("closed", "op")
-
-    def __init__(self, op: Any) -> None:
-        self.op = op
-        self.closed = False
-
-
-#: Per runner: (fd, poll events) -> the one task allowed to wait for it.
-_fd_waits: weakref.WeakKeyDictionary[Runner, dict[tuple[int, int], _FdWait]] = weakref.WeakKeyDictionary()
+#: Per runner: (fd, poll events) -> the in-flight record of the one task allowed to wait for it.
+_fd_waits: weakref.WeakKeyDictionary[Runner, dict[tuple[int, int], InFlight]] = weakref.WeakKeyDictionary()
 
 
 def _fileno(obj: FileDescriptorLike) -> int:
@@ -40,37 +29,32 @@ def _fileno(obj: FileDescriptorLike) -> int:
 
 
 async def wait_fd(obj: FileDescriptorLike, events: int, what: str) -> None:
+    """Wait (``POLL_ADD``) until ``obj`` is ready for ``events``; ``ClosedResourceError`` if
+    :func:`notify_closing` is called meanwhile."""
     fd = _fileno(obj)
     runner = current_runner()
     waits = _fd_waits.setdefault(runner, {})
     key = (fd, events)
     if key in waits:
         raise anyio.BusyResourceError(what)
-    op = runner.ring.poll_add(fd, events)
-    wait = waits[key] = _FdWait(op)
+    inflight = waits[key] = InFlight()
     try:
-        result = await wait_operation(op)
+        result = await inflight.wait(runner.ring.poll_add(fd, events))
     finally:
         del waits[key]
-    if wait.closed:
+    if inflight.closing:
         raise anyio.ClosedResourceError
     if result < 0:
         raise OSError(-result, os.strerror(-result))
 
 
 def notify_closing(obj: FileDescriptorLike) -> None:
+    """End the waits on ``obj`` (their tasks raise ``ClosedResourceError``)."""
     fd = _fileno(obj)
     waits = _fd_waits.get(current_runner())
     if not waits:
         return
     for events in (select.POLLIN, select.POLLOUT):
-        wait = waits.get((fd, events))
-        if wait is None or wait.closed:
-            continue
-        wait.closed = True
-        op = wait.op
-        callback = op.callback
-        if op.ring.cancel(op) and callback is not None:
-            # Withdrawn before the kernel saw it: the ring will not call back, so we do (the
-            # operation is done with -ECANCELED); otherwise its final CQE wakes the waiter.
-            callback(op)
+        inflight = waits.get((fd, events))
+        if inflight is not None:
+            inflight.end()

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import errno
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
+from .._errors import UringInternalError
 from ._context import GLOBAL, Cancelled, current_task
 from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
@@ -39,16 +41,20 @@ if TYPE_CHECKING:
     from .._ring import Operation
     from ._run import Runner, Task
 
+from .._ring import OwnedFd
+
 __all__ = [
     "CancelScope",
     "CancelStatus",
     "Cancelled",
+    "InFlight",
     "current_effective_deadline",
     "fail_after",
     "fail_at",
     "move_on_after",
     "move_on_at",
     "wait_operation",
+    "wait_owned_fd",
 ]
 
 
@@ -91,6 +97,7 @@ class CancelStatus:
     def recalculate(self) -> None:
         # Iterative walk: deep trees of scopes must not hit the recursion limit.
         todo = [self]
+        errors: list[BaseException] = []
         while todo:
             status = todo.pop()
             new = status.scope._cancel_called or status.parent_cancellation_is_visible_to_us
@@ -98,8 +105,17 @@ class CancelStatus:
                 status.effectively_cancelled = new
                 if new:
                     for task in list(status.tasks):
-                        task._attempt_delivery_of_any_pending_cancel()
+                        try:
+                            task._attempt_delivery_of_any_pending_cancel()
+                        except BaseException as exc:  # every task must still be told
+                            errors.append(exc)
                 todo.extend(status.children)
+        if errors:
+            if len(errors) == 1:
+                raise errors[0]
+            raise UringInternalError("delivering a cancellation failed") from BaseExceptionGroup(
+                "errors while delivering a cancellation", errors
+            )
 
     def cancelled(self) -> Cancelled:
         """The exception for a task under this (effectively cancelled) status: it names the
@@ -469,15 +485,24 @@ def fail_after(seconds: float, *, shield: bool = False) -> Iterator[CancelScope]
 # ------------------------------------------------------------------------------------------
 
 
+#: Results that mean "our ASYNC_CANCEL ended it" when the waiter asked for the cancel: besides
+#: -ECANCELED, an operation interrupted in io-wq (a FIFO open, a blocking read) can report -EINTR
+#: or one of the kernel's internal restart codes (ERESTARTSYS 512, ERESTARTNOINTR 513,
+#: ERESTARTNOHAND 514, ERESTART_RESTARTBLOCK 516), which no caller could make sense of.
+CANCELLED_RESULTS: Final = frozenset({-errno.ECANCELED, -errno.EINTR, -512, -513, -514, -516})
+
+
 class _OpWaiter:
     """Park/reschedule glue between one task and one Operation."""
 
-    __slots__ = ("_op", "cancel_requested", "raise_cancel", "task")
+    __slots__ = ("_op", "cancel_requested", "ended", "raise_cancel", "task")
 
     def __init__(self, task: Task, op: Operation) -> None:
         self.task = task
         self._op = op
         self.cancel_requested = False
+        #: Set by :meth:`end` (the resource is being closed), not by a cancel scope.
+        self.ended = False
         self.raise_cancel: RaiseCancel | None = None
 
     def completed(self, op: Operation) -> None:
@@ -485,19 +510,40 @@ class _OpWaiter:
 
     def abort(self, raise_cancel: RaiseCancel) -> Abort:
         op = self._op
-        if op.ring.cancel(op):
+        if not op.facts.cancellable:
+            return Abort.FAILED  # e.g. CLOSE: wait for it; the cancellation lands afterwards
+        try:
+            withdrawn = op.ring.cancel(op)
+        except Exception as exc:
+            # ASYNC_CANCEL could not be queued (SQ still full, ring unusable).  Never leave the
+            # task parked on a cancel that is not on its way: the run fails loudly instead.
+            self.task._runner._crash.append(
+                UringInternalError(f"cannot cancel {op!r}: {exc}").with_traceback(exc.__traceback__)
+            )
+            return Abort.FAILED
+        if withdrawn:
             return Abort.SUCCEEDED  # withdrawn before the kernel saw it
         self.cancel_requested = True
         self.raise_cancel = raise_cancel
         return Abort.FAILED  # the final CQE decides
+
+    def end(self) -> None:
+        """End the operation because its resource is closing: the waiter resumes with
+        ``-ECANCELED`` (or the result, if the operation won the race), never with Cancelled."""
+        op = self._op
+        self.ended = True
+        if not op.done and op.ring.cancel(op):
+            self.completed(op)  # withdrawn: no CQE will come, so resume the waiter here
 
 
 async def wait_operation(op: Operation) -> int:
     """Wait for ``op``'s final CQE and return its result (``-errno`` on failure).
 
     If the task is cancelled meanwhile, the operation is withdrawn or ``ASYNC_CANCEL``-ed and
-    the task keeps waiting for the final CQE: ``-ECANCELED`` raises the cancellation, any other
-    result is returned (and the cancellation lands at the next checkpoint).
+    the task keeps waiting for the final CQE: ``-ECANCELED`` (or another result our cancel
+    caused, see :data:`CANCELLED_RESULTS`) raises the cancellation, any other result is
+    returned (and the cancellation lands at the next checkpoint).  An operation that cannot be
+    cancelled (``OpFacts.cancellable``: CLOSE) is waited for; the cancellation lands afterwards.
     """
     task = current_task()
     if op.done:
@@ -512,7 +558,101 @@ async def wait_operation(op: Operation) -> int:
     waiter = _OpWaiter(task, op)
     op.callback = waiter.completed
     result: int = await wait_task_rescheduled(waiter.abort)
-    if waiter.cancel_requested and result == -errno.ECANCELED:
+    if waiter.cancel_requested and result in CANCELLED_RESULTS:
         assert waiter.raise_cancel is not None
         waiter.raise_cancel()
     return result
+
+
+async def _park(waiter: _OpWaiter) -> int:
+    """:func:`wait_operation`'s wait, for a waiter whose operation a closer may also end."""
+    result: int = await wait_task_rescheduled(waiter.abort)
+    if (waiter.cancel_requested or waiter.ended) and result in CANCELLED_RESULTS:
+        if waiter.cancel_requested:
+            assert waiter.raise_cancel is not None
+            waiter.raise_cancel()
+        return -errno.ECANCELED
+    return result
+
+
+async def wait_owned_fd(op: Operation, error: Callable[[int], BaseException] | None = None) -> OwnedFd:
+    """:func:`wait_operation` for an operation that returns an fd (``OpFacts.returns_fd``).
+
+    The fd comes back as an :class:`~anyio_uring._ring.OwnedFd`, closed unless taken; a negative
+    result raises ``error(result)`` (default: the plain ``OSError``).
+    """
+    if not op.facts.returns_fd:
+        raise ValueError(f"{op!r} does not return a file descriptor")
+    res = await wait_operation(op)
+    if res < 0:
+        raise error(res) if error is not None else OSError(-res, os.strerror(-res))
+    return OwnedFd(res)
+
+
+class InFlight:
+    """The operations one resource (a pipe end, a file, a socket) has in flight, so that
+    closing the resource can end them -- THE close-while-waiting logic, used by every resource.
+
+    Resources await their operations through :meth:`wait` instead of :func:`wait_operation`.
+    Their ``aclose()`` calls :meth:`end_all` before closing the fd: it ends every operation still
+    in flight (withdraws it, or ``ASYNC_CANCEL``-s it by user_data), then waits -- shielded --
+    until each one has reaped its final CQE and its task has let go.  Only then may the fd be
+    closed, so the kernel never touches a recycled fd number, and every waiting task resumes
+    with ``-ECANCELED`` (or the real result, if the operation won the race); :attr:`closing`
+    tells the resource to translate that into ``ClosedResourceError`` or the like.
+    """
+
+    __slots__ = ("_closers", "_waiters", "closing")
+
+    def __init__(self) -> None:
+        self._waiters: set[_OpWaiter] = set()
+        self._closers: list[Task] = []
+        #: True from :meth:`end_all` on.
+        self.closing = False
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    async def wait(self, op: Operation) -> int:
+        """:func:`wait_operation`, with ``op`` recorded as in flight until its task lets go."""
+        task = current_task()
+        if op.done:
+            await cancel_shielded_checkpoint()
+            assert op.result is not None
+            return op.result
+        if op.callback is not None:
+            raise RuntimeError(f"another task is already waiting for {op!r}")
+        waiter = _OpWaiter(task, op)
+        if self.closing:
+            waiter.ended = True
+        op.callback = waiter.completed
+        self._waiters.add(waiter)
+        try:
+            return await _park(waiter)
+        finally:
+            self._waiters.discard(waiter)
+            if not self._waiters:
+                for closer in self._closers:
+                    closer._runner.reschedule(closer)
+                self._closers.clear()
+
+    def end(self) -> None:
+        """Mark the resource closing and end every operation in flight, without waiting (for
+        synchronous callers such as ``notify_closing``; the fd must stay open until they finish)."""
+        self.closing = True
+        for waiter in list(self._waiters):
+            waiter.end()
+
+    async def end_all(self) -> None:
+        """:meth:`end`, then wait until every operation in flight has finished (shielded: a
+        cancelled closer still waits, the memory rule demands it)."""
+        self.end()
+        if not self._waiters:
+            return
+        task = current_task()
+        self._closers.append(task)
+
+        def abort(_: RaiseCancel) -> Abort:
+            return Abort.FAILED  # shielded: the operations' final CQEs end this wait
+
+        await wait_task_rescheduled(abort)

@@ -44,10 +44,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 import sniffio
 
 from .._errors import UringInternalError
-from .._ring import Operation, Ring, RingOptions
+from .._ring import Operation, RingOptions
 from ._cancel import cancel_all_tasks, root_cancel_status, system_cancel_status
 from ._clock import Clock, SystemClock
 from ._context import GLOBAL, Cancelled, current_runner, current_task, current_time
+from ._io import IOManager
 from ._traps import CHECKPOINT_TRAP, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 if TYPE_CHECKING:
@@ -251,7 +252,8 @@ class Runner:
         if GLOBAL.runner is not None:
             raise RuntimeError("a loop is already running in this thread (one loop per thread)")
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.ring = Ring(ring_options)
+        self.io = IOManager(ring_options)
+        self.ring = self.io.ring
         self.runq: deque[Task] = deque()
         self.tasks: set[Task] = set()
         self.system_tasks: set[Task] = set()
@@ -477,7 +479,7 @@ class Runner:
             raise UringInternalError("a system task or run_sync_soon callback raised") from errors[0]
 
     def _loop(self, keep_going: Callable[[], bool]) -> None:
-        ring = self.ring
+        io = self.io
         clock = self.clock
         g = GLOBAL
         checkpoint_trap = CHECKPOINT_TRAP
@@ -537,7 +539,7 @@ class Runner:
                 elif autojump < t:
                     do_jump, t = True, autojump
                 timeout = None if t == math.inf else t
-            events = ring.wait(timeout)
+            events = io.get_events(timeout)
             if self.ki_pending:
                 self._deliver_ki()
             if self._crash:
@@ -615,26 +617,18 @@ class Runner:
                     sniffio.thread_local.name = sniffio_old
             for hook in self.close_hooks:
                 hook()
-            self._abandon_orphan_operations()
+            self.io.abandon_orphans()
             if self._worker_pool is not None:
                 self._worker_pool.shutdown(self)
             self.entry.close()
             if self._signal_wakeup is not None:
                 self._signal_wakeup.close()
-            self.ring.close()
+            self.io.close()
         finally:
             self._closed = True
             GLOBAL.runner = None
             GLOBAL.task = None
         self._raise_crash()
-
-    def _abandon_orphan_operations(self) -> None:
-        """No task is left, so an operation nobody waits for will never be taken.  Mark it
-        abandoned *before* the loop's own watchers drain (their waits reap CQEs too): an fd
-        it returns -- an accept completing during shutdown -- is then closed, not leaked."""
-        for op in list(self.ring._ops.values()):
-            if op.callback is None and op.on_more is None:
-                op.abandon()
 
     def __enter__(self) -> Runner:
         return self
@@ -713,11 +707,8 @@ class EntryQueue:
     def close(self) -> None:
         self._closed = True
         self._drain()
-        op = self._op
-        if op is not None and not op.done:
-            op.cancel()
-            while not op.done:
-                self.runner.ring.wait(timeout=1.0)
+        if self._op is not None:
+            self.runner.io.drain(self._op)
         self._drain()
         os.close(self.fd)
 
@@ -765,11 +756,8 @@ class _SignalWakeup:
 
     def close(self) -> None:
         self._closed = True
-        op = self._op
-        if op is not None and not op.done:
-            op.cancel()
-            while not op.done:
-                self.runner.ring.wait(timeout=1.0)
+        if self._op is not None:
+            self.runner.io.drain(self._op)
         os.close(self.rfd)
         os.close(self.wfd)
 

@@ -169,7 +169,7 @@ class WorkerPool:
                 if worker not in idle:
                     # A busy worker posts its result to the entry queue, then idles: deliver it.
                     while worker.thread.is_alive():
-                        runner.ring.wait(timeout=0.05)
+                        runner.io.get_events(0.05)
                         with self.lock:
                             if worker in self.idle:
                                 self.idle.remove(worker)

@@ -82,12 +82,13 @@ from typing import TYPE_CHECKING, Any, AnyStr, Final, overload
 from anyio import AsyncFile as _AnyioAsyncFile
 from anyio import CapacityLimiter as _AnyioCapacityLimiter
 
-from .._core._cancel import CancelScope, wait_operation
+from .._core._cancel import CancelScope, wait_operation, wait_owned_fd
 from .._core._context import GLOBAL, current_runner
 from .._core._run import checkpoint_if_cancelled
 from .._core._sync import ParkingLot
 from .._core._threads import to_thread_run_sync
 from .._native import ffi
+from .._ring import OwnedFd
 
 if TYPE_CHECKING:
     from _typeshed import OpenBinaryMode, OpenTextMode, ReadableBuffer, WriteableBuffer
@@ -1982,23 +1983,23 @@ async def _open_raw(
         if file < 0:
             raise ValueError("negative file descriptor")
         fd = file
-        own_fd = False
+        owned = None
     else:
         if not closefd:
             raise ValueError("Cannot use closefd=False with file name")
         if opener is None:
-            res = await wait_operation(ring.openat(AT_FDCWD, file, flags, 0o666))
-            if res < 0:
-                raise os_error(res, file)
-            fd = res
+            owned = await wait_owned_fd(
+                ring.openat(AT_FDCWD, file, flags, 0o666), lambda r: os_error(r, file)
+            )
+            fd = owned.fd
         else:
             fd = await run_sync_in_thread(opener, file, flags, limiter=limiter)
             if not isinstance(fd, int):
                 raise TypeError("expected integer from opener")
             if fd < 0:
                 raise ValueError(f"opener returned {fd}")
+            owned = OwnedFd(fd)
             adopted = True
-        own_fd = True
     try:
         if use_statx(ring):
             op = ring.statx(fd, b"", AT_EMPTY_PATH, STATX_BASIC_STATS)
@@ -2018,6 +2019,8 @@ async def _open_raw(
             pos = st[1]
         elif adopted and positional:
             pos = os.lseek(fd, 0, os.SEEK_CUR)  # no LSEEK opcode; never blocks
+        if owned is not None:
+            owned.take()  # from here on the RawFile closes it
         return RawFile(
             ring,
             fd,
@@ -2033,9 +2036,8 @@ async def _open_raw(
             limiter=limiter,
         )
     except BaseException:
-        if own_fd:
-            with CancelScope(shield=True):
-                await wait_operation(ring.close_fd(fd))
+        if owned is not None and owned.owned:
+            await wait_operation(ring.close_fd(owned.take()))  # CLOSE: never withdrawn
         raise
 
 

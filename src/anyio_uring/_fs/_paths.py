@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
-from .._core._cancel import wait_operation
+from .._core._cancel import wait_operation, wait_owned_fd
 from .._core._run import checkpoint, current_runner
 from ._files import (
     AT_FDCWD,
@@ -291,10 +291,8 @@ class Path(anyio.Path):
         if not exist_ok:
             flags |= os.O_EXCL
         ring = _ring()
-        fd = await wait_operation(ring.openat(AT_FDCWD, path, flags, mode))
-        if fd < 0:
-            raise os_error(fd, path)
-        res = await wait_operation(ring.close_fd(fd))
+        with await wait_owned_fd(ring.openat(AT_FDCWD, path, flags, mode), lambda r: os_error(r, path)) as fd:
+            res = await wait_operation(ring.close_fd(fd.take()))  # CLOSE: never withdrawn
         if res < 0:
             raise os_error(res)
 

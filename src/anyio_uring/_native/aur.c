@@ -445,6 +445,14 @@ int64_t aur_prep_send(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, 
     PREP_BEGIN(AUR_OP_SEND) s->fd = fd; s->addr = PTR(buf); s->len = len; s->op_flags = msg_flags; PREP_END
 }
 
+/* Zero-copy send: two CQEs, the result (F_MORE) and the notification (F_NOTIF) that releases buf. */
+int64_t aur_prep_send_zc(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, const void *buf,
+                         uint32_t len, uint32_t msg_flags, uint32_t zc_flags)
+{
+    PREP_BEGIN(AUR_OP_SEND_ZC) s->fd = fd; s->addr = PTR(buf); s->len = len; s->op_flags = msg_flags;
+    s->ioprio = (uint16_t)zc_flags; PREP_END
+}
+
 int64_t aur_prep_recvmsg(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, void *msghdr,
                          uint32_t msg_flags)
 {

@@ -116,6 +116,8 @@ typedef struct aur_pbuf {
 #define AUR_CQE_F_NOTIF 8
 #define AUR_CQE_F_BUF_MORE 16
 #define AUR_CQE_BUFFER_SHIFT 16
+#define AUR_SEND_ZC_REPORT_USAGE 8 /* IORING_SEND_ZC_REPORT_USAGE: NOTIF res says if the kernel copied */
+#define AUR_NOTIF_USAGE_ZC_COPIED 0x80000000u
 
 /* sqe->flags */
 #define AUR_SQE_IO_LINK 4
@@ -169,6 +171,7 @@ int64_t aur_prep_read(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, 
 int64_t aur_prep_write(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, const void *buf, uint32_t len, uint64_t offset);
 int64_t aur_prep_recv(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, void *buf, uint32_t len, uint32_t msg_flags, uint32_t ioprio, uint32_t buf_group);
 int64_t aur_prep_send(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, const void *buf, uint32_t len, uint32_t msg_flags);
+int64_t aur_prep_send_zc(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, const void *buf, uint32_t len, uint32_t msg_flags, uint32_t zc_flags);
 int64_t aur_prep_recvmsg(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, void *msghdr, uint32_t msg_flags);
 int64_t aur_prep_sendmsg(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, const void *msghdr, uint32_t msg_flags);
 int64_t aur_prep_accept(aur_ring *r, uint64_t ud, uint32_t sqe_flags, int32_t fd, void *addr, void *addrlen, uint32_t flags, uint32_t ioprio);

@@ -32,9 +32,8 @@ from typing import Any, Final
 from anyio import BrokenResourceError, BusyResourceError, ClosedResourceError, EndOfStream
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
-from .._core._cancel import CancelScope, wait_operation
+from .._core._cancel import InFlight
 from .._core._run import checkpoint, checkpoint_if_cancelled, current_runner
-from .._core._sync import ParkingLot
 from .._ring import Operation
 
 __all__ = ["PipeReceiveStream", "PipeSendStream"]
@@ -52,32 +51,26 @@ class _PipeEnd:
     """What both directions share: the fd, the operation in flight, and closing."""
 
     _fd: int
-    _closing: bool
-    _op: Operation | None
-    _idle: ParkingLot
+    _inflight: InFlight
 
     def _init_end(self, fd: int) -> None:
         if not isinstance(fd, int) or fd < 0:
             raise ValueError(f"file descriptor must be a non-negative int, got {fd!r}")
         self._fd = fd
-        self._closing = False
-        #: The operation a task is waiting on right now (at most one per stream).
-        self._op = None
-        #: Closers waiting for ``_op`` to reap its final CQE.
-        self._idle = ParkingLot()
+        #: The operation a task is waiting on right now (at most one per stream); closing ends it.
+        self._inflight = InFlight()
+
+    @property
+    def _closing(self) -> bool:
+        return self._inflight.closing
 
     def fileno(self) -> int:
         """The underlying file descriptor (``-1`` once closed)."""
         return self._fd
 
     async def _run(self, op: Operation) -> int:
-        """Wait for ``op`` with ``wait_operation``, recording it as the stream's op in flight."""
-        self._op = op
-        try:
-            return await wait_operation(op)
-        finally:
-            self._op = None
-            self._idle.unpark_all()
+        """Wait for ``op``, recorded as the stream's operation in flight."""
+        return await self._inflight.wait(op)
 
     async def _wait_ready(self, events: int) -> None:
         """For an ``O_NONBLOCK`` fd that answered ``-EAGAIN``: wait until it is ready."""
@@ -95,16 +88,7 @@ class _PipeEnd:
         if self._fd < 0 or self._closing:
             await checkpoint()
             return
-        self._closing = True
-        op = self._op
-        if op is not None:
-            if not op.done:
-                # Cancel by fd *before* closing it (never withdraws an SQE, so the waiting
-                # task always gets its final CQE); then wait for that task to let go.
-                current_runner().ring.cancel_fd(self._fd)
-            with CancelScope(shield=True):
-                while self._op is not None:
-                    await self._idle.park()
+        await self._inflight.end_all()  # the waiting task lets go before the fd is closed
         fd, self._fd = self._fd, -1
         os.close(fd)
         await checkpoint()

@@ -46,6 +46,35 @@ from typing import Any, Final
 from .._errors import ForkedRingError, RingClosedError, UringInternalError
 from .._native import ffi, lib
 from ._msghdr import MsgHdr
+from ._ops import (
+    OP_ACCEPT,
+    OP_CLOSE,
+    OP_CONNECT,
+    OP_FSYNC,
+    OP_FTRUNCATE,
+    OP_LINKAT,
+    OP_MKDIRAT,
+    OP_NOP,
+    OP_OPENAT,
+    OP_POLL_ADD,
+    OP_READ,
+    OP_RECV,
+    OP_RECVMSG,
+    OP_RENAMEAT,
+    OP_SEND,
+    OP_SEND_ZC,
+    OP_SENDMSG,
+    OP_SHUTDOWN,
+    OP_SOCKET,
+    OP_STATX,
+    OP_SYMLINKAT,
+    OP_TIMEOUT,
+    OP_UNLINKAT,
+    OP_WAITID,
+    OP_WRITE,
+    OpFacts,
+    facts_for,
+)
 from ._probe import OPCODE_NAMES, KernelSupport, RingOptions, unavailable_error
 
 __all__ = ["Ledger", "OpState", "Operation", "Ring"]
@@ -58,14 +87,6 @@ _F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
 _BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
 _EBADFD: Final = 77
 _CQE = struct.Struct("QiI")
-
-# Opcode numbers (kernel ABI).
-OP_NOP, OP_FSYNC, OP_POLL_ADD, OP_SENDMSG, OP_RECVMSG, OP_TIMEOUT = 0, 3, 6, 9, 10, 11
-OP_ACCEPT, OP_ASYNC_CANCEL, OP_CONNECT, OP_OPENAT, OP_CLOSE, OP_STATX = 13, 14, 16, 18, 19, 21
-OP_READ, OP_WRITE, OP_SEND, OP_RECV, OP_SHUTDOWN, OP_RENAMEAT = 22, 23, 26, 27, 34, 35
-OP_UNLINKAT, OP_MKDIRAT, OP_SYMLINKAT, OP_LINKAT, OP_SOCKET, OP_WAITID, OP_FTRUNCATE = (
-    36, 37, 38, 39, 45, 50, 55
-)  # fmt: skip
 
 #: Memory of operations that outlived a ring's drain: kept for the life of the process.
 _ABANDONED: list[object] = []
@@ -112,13 +133,13 @@ class Operation:
         "buffers",
         "callback",
         "cqe_flags",
+        "facts",
         "multishot",
         "on_more",
         "opcode",
         "output",
         "pinned_bytes",
         "result",
-        "returns_fd",
         "ring",
         "slot",
         "user_data",
@@ -133,7 +154,6 @@ class Operation:
         pinned_bytes: int,
         output: Any,
         multishot: bool,
-        returns_fd: bool,
     ) -> None:
         self.ring = ring
         self.user_data = user_data
@@ -144,7 +164,8 @@ class Operation:
         self.pinned_bytes = pinned_bytes
         self.output = output
         self.multishot = multishot
-        self.returns_fd = returns_fd
+        #: What this opcode promises (fd result, cancellability, result-vs-release CQE).
+        self.facts: OpFacts = facts_for(opcode)
         self.abandoned = False
         #: The ProvidedBufferRing a BUFFER_SELECT receive picks from (None otherwise).
         self.buffers: Any = None
@@ -165,6 +186,11 @@ class Operation:
             queued = self.slot >= self.ring._c.sq_published
             return OpState.QUEUED if queued else OpState.SUBMITTED
         return OpState(self._state)
+
+    @property
+    def returns_fd(self) -> bool:
+        """A result ``>= 0`` is a new fd (closed by the ring if nobody takes it)."""
+        return self.facts.returns_fd
 
     @property
     def done(self) -> bool:
@@ -225,8 +251,9 @@ class Operation:
 
     def _complete(self, res: int, flags: int) -> None:
         self._transition("final")
-        self.result = res
-        self.cqe_flags = flags
+        if self.result is None:  # else: the result CQE came first (result_on_more)
+            self.result = res
+            self.cqe_flags = flags
         self._release()
         callback = self.callback
         self.callback = None
@@ -237,6 +264,11 @@ class Operation:
             callback(self)
 
     def _intermediate(self, res: int, flags: int) -> None:
+        if self.facts.result_on_more and not self.multishot:
+            # The result CQE (SEND_ZC's byte count): the memory stays lent until the final one.
+            self.result = res
+            self.cqe_flags = flags
+            return
         on_more = self.on_more
         if on_more is not None and not self.abandoned:
             on_more(self, res, flags)
@@ -402,13 +434,12 @@ class Ring:
         output: Any = None,
         *,
         multishot: bool = False,
-        returns_fd: bool = False,
     ) -> Operation:
         if self._closed or threading.get_ident() != self._owner:
             self._check_usable()
         ud = self._next_ud
         self._next_ud = ud + 1
-        op = Operation(self, ud, opcode, pins, nbytes, output, multishot, returns_fd)
+        op = Operation(self, ud, opcode, pins, nbytes, output, multishot)
         slot = prep(self._c, ud, *args)
         if slot < 0:
             slot = self._prep_failed(slot, prep, ud, args)
@@ -470,6 +501,14 @@ class Ring:
         args = (sqe_flags, _check_fd(fd), pin, min(len(pin), _MAX_RW), flags)
         return self._queue(OP_SEND, lib.aur_prep_send, args, (pin,), len(pin))
 
+    def send_zc(self, fd: int, data: Any, flags: int = 0, zc_flags: int = 0, sqe_flags: int = 0) -> Operation:
+        """Zero-copy send: ``result`` is the byte count (from the CQE with ``F_MORE``); the
+        callback runs, and ``data`` is released, only on the ``F_NOTIF`` CQE that says the kernel
+        no longer reads it (on loopback tens of ms later; KERNEL-FACTS section 4)."""
+        pin = ffi.from_buffer(data)
+        args = (sqe_flags, _check_fd(fd), pin, min(len(pin), _MAX_RW), flags, zc_flags)
+        return self._queue(OP_SEND_ZC, lib.aur_prep_send_zc, args, (pin,), len(pin))
+
     def sendmsg(self, fd: int, msg: MsgHdr, flags: int = 0, sqe_flags: int = 0) -> Operation:
         """Send a prepared :class:`MsgHdr` (it holds the memory the kernel reads)."""
         args = (sqe_flags, _check_fd(fd), msg.ptr, flags)
@@ -484,11 +523,11 @@ class Ring:
         """Accept a connection; ``output`` is (sockaddr buffer, socklen) unless multishot."""
         if multishot:
             args = (sqe_flags, _check_fd(fd), ffi.NULL, ffi.NULL, flags, lib.AUR_ACCEPT_MULTISHOT)
-            return self._queue(OP_ACCEPT, lib.aur_prep_accept, args, multishot=True, returns_fd=True)
+            return self._queue(OP_ACCEPT, lib.aur_prep_accept, args, multishot=True)
         addr = ffi.new("char[128]")
         addrlen = ffi.new("uint32_t *", 128)
         args = (sqe_flags, _check_fd(fd), addr, addrlen, flags, 0)
-        return self._queue(OP_ACCEPT, lib.aur_prep_accept, args, (), 0, (addr, addrlen), returns_fd=True)
+        return self._queue(OP_ACCEPT, lib.aur_prep_accept, args, (), 0, (addr, addrlen))
 
     def connect(self, fd: int, sockaddr: bytes, sqe_flags: int = 0) -> Operation:
         """Connect to a raw ``struct sockaddr`` (see ``_sockaddr``)."""
@@ -504,7 +543,7 @@ class Ring:
 
     def socket(self, domain: int, type: int, protocol: int = 0, sqe_flags: int = 0) -> Operation:
         args = (sqe_flags, domain, type, protocol)
-        return self._queue(OP_SOCKET, lib.aur_prep_socket, args, returns_fd=True)
+        return self._queue(OP_SOCKET, lib.aur_prep_socket, args)
 
     def openat(
         self,
@@ -516,7 +555,7 @@ class Ring:
     ) -> Operation:
         pin = _path_pin(path)
         args = (sqe_flags, dirfd, pin, flags, mode)
-        return self._queue(OP_OPENAT, lib.aur_prep_openat, args, (pin,), returns_fd=True)
+        return self._queue(OP_OPENAT, lib.aur_prep_openat, args, (pin,))
 
     def statx(
         self, dirfd: int, path: str | bytes | os.PathLike[Any], flags: int, mask: int, sqe_flags: int = 0
@@ -630,8 +669,8 @@ class Ring:
         """
         if op.ring is not self:
             raise ValueError(f"{op!r} does not belong to {self!r}")
-        if op._state != _PENDING:
-            return False
+        if op._state != _PENDING or not op.facts.cancellable:
+            return False  # done, cancel already requested, or never to be withdrawn (CLOSE)
         self._check_usable()
         if lib.aur_withdraw(self._c, op.slot, op.user_data):
             del self._ops[op.user_data]
@@ -643,8 +682,12 @@ class Ring:
             op.callback = None
             op.on_more = None
             return True
-        op._transition("cancel")
+        # Queue the ASYNC_CANCEL first: if that fails (SQ full after retries, ring gone) the
+        # operation keeps its state, so a later cancel tries again instead of believing one is
+        # on its way.  Queueing may reap CQEs (SQ full): the operation can finish meanwhile.
         self._queue_internal(lib.aur_prep_cancel, (0, op.user_data, 0, 0))
+        if op._state == _PENDING:
+            op._transition("cancel")
         return False
 
     def cancel_fd(self, fd: int) -> None:
@@ -782,13 +825,20 @@ class Ring:
             lib.aur_close(self._c)
             _LIVE_RINGS.discard(self)
 
+    def abandon_orphans(self) -> None:
+        """Mark every live operation that nobody waits for (no callback, no ``on_more``) as
+        abandoned: an fd it returns -- an accept completing during shutdown -- is then closed,
+        a buffer it picked is recycled.  Call it before reaping CQEs at shutdown."""
+        for op in list(self._ops.values()):
+            if op.callback is None and op.on_more is None:
+                op.abandon()
+
     def _drain(self, drain_timeout: float) -> None:
         if not self._ops:
             return
         deadline = time.monotonic() + drain_timeout
+        self.abandon_orphans()
         for op in list(self._ops.values()):
-            if op.callback is None and op.on_more is None:
-                op.abandon()  # nobody will take its result: an fd it returns gets closed
             self.cancel(op)
         while self._ops:
             remaining = deadline - time.monotonic()
