@@ -749,6 +749,19 @@ class Ring:
             rc = lib.aur_wait(self._c, 0, 0, self._out, self._cap)
 
     def _dispatch(self, data: bytes) -> None:
+        """Deliver each CQE in ``data`` (packed ``aur_cqe`` records) to its operation, in order.
+
+        Every CQE reaches its operation even when a callback raises;
+        the errors are raised once the whole batch is dispatched, and none is dropped:
+
+        * the first ``KeyboardInterrupt`` or ``SystemExit`` (a signal handler or ``sys.exit``
+          running inside a callback: a request to stop, not a bug) propagates as itself; any
+          other errors of the batch hang off it as its ``__cause__``, a
+          :class:`UringInternalError` (or, when the exception already has a cause, in a note);
+        * otherwise -- any other exception, including other ``BaseException`` subclasses -- a
+          callback has a bug: :class:`UringInternalError` is raised, its ``__cause__`` an
+          (Base)ExceptionGroup of every error, in CQE order.
+        """
         ops = self._ops
         errors: list[BaseException] = []
         for ud, res, flags in _CQE.iter_unpack(data):
@@ -767,10 +780,23 @@ class Ring:
                     op._complete(res, flags)
             except BaseException as exc:  # keep dispatching: every CQE must reach its op
                 errors.append(exc)
-        if errors:
-            if len(errors) == 1 and not isinstance(errors[0], Exception):
-                raise errors[0]  # KeyboardInterrupt / SystemExit from a callback
-            raise UringInternalError("a completion callback raised") from errors[0]
+        if not errors:
+            return
+        stop = next((e for e in errors if isinstance(e, (KeyboardInterrupt, SystemExit))), None)
+        others = [e for e in errors if e is not stop]
+        if stop is None:
+            group = BaseExceptionGroup("errors raised while dispatching completions", others)
+            raise UringInternalError(f"{len(others)} error(s) while dispatching completions") from group
+        if others:
+            report = UringInternalError(
+                f"{len(others)} other error(s) while dispatching the completions that raised {stop!r}"
+            )
+            report.__cause__ = BaseExceptionGroup("errors raised while dispatching completions", others)
+            if stop.__cause__ is None:
+                stop.__cause__ = report
+            else:
+                stop.add_note(f"anyio_uring: {report}: {others!r}")
+        raise stop
 
     # -- buffer rings ------------------------------------------------------------------------
 
