@@ -773,3 +773,11 @@ int64_t aur_pbuf_head(aur_ring *r, aur_pbuf *p)
     int ret = sys_register(r->ring_fd, AUR_REGISTER_PBUF_STATUS, &st, 1);
     return ret < 0 ? ret : (int64_t)st.head;
 }
+
+uint32_t aur_pbuf_entry_len(const aur_pbuf *p, uint32_t index)
+{
+    if (!p->registered)
+        return UINT32_MAX; /* no ring memory: report "not used up", the answer that recycles nothing */
+    const struct aur_buf *b = (const struct aur_buf *)p->ring + (index & p->mask);
+    return LOAD_ACQ(&b->len); /* written by the kernel (io-wq workers too): never a torn read */
+}

@@ -203,3 +203,7 @@ void aur_pbuf_advance(aur_pbuf *p, uint32_t count);
 void aur_pbuf_recycle(aur_pbuf *p, void *addr, uint32_t len, uint32_t bid);
 /* The kernel's head (buffers consumed so far), via IORING_REGISTER_PBUF_STATUS; -errno on error. */
 int64_t aur_pbuf_head(aur_ring *r, aur_pbuf *p);
+/* The len field of the ring entry at position `index` (masked), as the kernel left it.  In an
+ * incremental ring (AUR_PBUF_RING_INC) the kernel advances addr/len of the entry it is filling in
+ * place and sets len to 0 once the buffer is used up.  UINT32_MAX if `p` is not registered. */
+uint32_t aur_pbuf_entry_len(const aur_pbuf *p, uint32_t index);

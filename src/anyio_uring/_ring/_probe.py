@@ -41,6 +41,7 @@ FEATURES: Final[dict[str, str]] = {
     "multishot_accept": "multishot ACCEPT (fallback: one ACCEPT per connection)",
     "multishot_recv": "multishot RECV (fallback: single-shot RECV)",
     "buffer_rings": "provided-buffer rings (fallback: receive into an owned buffer)",
+    "incremental_buffers": "incremental consumption of provided buffers (IOU_PBUF_RING_INC, 6.12+)",
     "waitid": "IORING_OP_WAITID (fallback: poll a pidfd, then waitpid)",
     "ftruncate": "IORING_OP_FTRUNCATE (fallback: worker thread)",
     "statx": "IORING_OP_STATX (fallback: worker thread)",
@@ -68,6 +69,7 @@ _SETUP_FEATURES: Final[dict[str, int]] = {
 }
 _FEAT_CQE_SKIP = 1 << 11
 _FEAT_RECVSEND_BUNDLE = 1 << 14
+_FEAT_MIN_TIMEOUT = 1 << 15
 
 
 def _parse_names(spec: str | None) -> frozenset[str]:
@@ -224,6 +226,16 @@ class KernelSupport:
     def multishot_recv(self) -> bool:
         # 6.0, the release that added IORING_OP_SEND_ZC; it also needs buffer rings.
         return "multishot_recv" not in self.disabled and self.buffer_rings and _OP["SEND_ZC"] in self.opcodes
+
+    @property
+    def incremental_buffers(self) -> bool:
+        # 6.12, the release that added IORING_FEAT_MIN_TIMEOUT; it also needs buffer rings.  A
+        # kernel that still rejects IOU_PBUF_RING_INC makes ProvidedBufferRing raise instead.
+        return (
+            "incremental_buffers" not in self.disabled
+            and self.buffer_rings
+            and bool(self.features & _FEAT_MIN_TIMEOUT)
+        )
 
     @property
     def recv_bundle(self) -> bool:

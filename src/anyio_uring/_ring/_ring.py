@@ -751,7 +751,10 @@ class Ring:
     def _dispatch(self, data: bytes) -> None:
         """Deliver each CQE in ``data`` (packed ``aur_cqe`` records) to its operation, in order.
 
-        Every CQE reaches its operation even when a callback raises;
+        A CQE carrying a provided buffer is first reported to the buffer's group, so the group
+        knows which buffers the kernel holds before any callback consumes one.
+
+        Every CQE reaches its operation even when a callback (or the buffer bookkeeping) raises;
         the errors are raised once the whole batch is dispatched, and none is dropped:
 
         * the first ``KeyboardInterrupt`` or ``SystemExit`` (a signal handler or ``sys.exit``
@@ -772,6 +775,11 @@ class Ring:
                 else:
                     self.rejected_cqes += 1
                 continue
+            if flags & _F_BUFFER and op.buffers is not None:
+                try:
+                    op.buffers._reaped(res, flags)
+                except BaseException as exc:  # the CQE still goes to its op below
+                    errors.append(exc)
             try:
                 if flags & _F_MORE:
                     op._intermediate(res, flags)
