@@ -18,11 +18,11 @@ from collections.abc import Callable
 
 import pytest
 
-from anyio_uring._buffers import ProvidedBufferRing
 from anyio_uring._errors import UringInternalError
 from anyio_uring._native import ffi, lib
-from anyio_uring._probe import FEATURES
 from anyio_uring._ring import Operation, Ring
+from anyio_uring._ring._buffers import ProvidedBufferRing
+from anyio_uring._ring._probe import FEATURES
 
 Drive = Callable[..., None]
 F_BUFFER = lib.AUR_CQE_F_BUFFER
