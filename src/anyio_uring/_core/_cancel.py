@@ -97,7 +97,7 @@ class CancelStatus:
     def recalculate(self) -> None:
         # Iterative walk: deep trees of scopes must not hit the recursion limit.
         todo = [self]
-        errors: list[BaseException] = []
+        errors: list[BaseException] | None = None
         while todo:
             status = todo.pop()
             new = status.scope._cancel_called or status.parent_cancellation_is_visible_to_us
@@ -108,7 +108,7 @@ class CancelStatus:
                         try:
                             task._attempt_delivery_of_any_pending_cancel()
                         except BaseException as exc:  # every task must still be told
-                            errors.append(exc)
+                            errors = [*(errors or ()), exc]
                 todo.extend(status.children)
         if errors:
             if len(errors) == 1:
@@ -495,14 +495,12 @@ CANCELLED_RESULTS: Final = frozenset({-errno.ECANCELED, -errno.EINTR, -512, -513
 class _OpWaiter:
     """Park/reschedule glue between one task and one Operation."""
 
-    __slots__ = ("_op", "cancel_requested", "ended", "raise_cancel", "task")
+    __slots__ = ("_op", "cancel_requested", "raise_cancel", "task")
 
     def __init__(self, task: Task, op: Operation) -> None:
         self.task = task
         self._op = op
         self.cancel_requested = False
-        #: Set by :meth:`end` (the resource is being closed), not by a cancel scope.
-        self.ended = False
         self.raise_cancel: RaiseCancel | None = None
 
     def completed(self, op: Operation) -> None:
@@ -526,6 +524,17 @@ class _OpWaiter:
         self.cancel_requested = True
         self.raise_cancel = raise_cancel
         return Abort.FAILED  # the final CQE decides
+
+
+class _ClosableWaiter(_OpWaiter):
+    """A waiter whose operation the resource's closer may end (see :class:`InFlight`)."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self, task: Task, op: Operation, ended: bool) -> None:
+        super().__init__(task, op)
+        #: Set by :meth:`end` (the resource is being closed), not by a cancel scope.
+        self.ended = ended
 
     def end(self) -> None:
         """End the operation because its resource is closing: the waiter resumes with
@@ -564,7 +573,7 @@ async def wait_operation(op: Operation) -> int:
     return result
 
 
-async def _park(waiter: _OpWaiter) -> int:
+async def _park(waiter: _ClosableWaiter) -> int:
     """:func:`wait_operation`'s wait, for a waiter whose operation a closer may also end."""
     result: int = await wait_task_rescheduled(waiter.abort)
     if (waiter.cancel_requested or waiter.ended) and result in CANCELLED_RESULTS:
@@ -605,7 +614,7 @@ class InFlight:
     __slots__ = ("_closers", "_waiters", "closing")
 
     def __init__(self) -> None:
-        self._waiters: set[_OpWaiter] = set()
+        self._waiters: set[_ClosableWaiter] = set()
         self._closers: list[Task] = []
         #: True from :meth:`end_all` on.
         self.closing = False
@@ -622,9 +631,7 @@ class InFlight:
             return op.result
         if op.callback is not None:
             raise RuntimeError(f"another task is already waiting for {op!r}")
-        waiter = _OpWaiter(task, op)
-        if self.closing:
-            waiter.ended = True
+        waiter = _ClosableWaiter(task, op, self.closing)
         op.callback = waiter.completed
         self._waiters.add(waiter)
         try:

@@ -18,6 +18,8 @@ eventfd, which the ring watches like any other fd (``_run.EntryQueue``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .._ring import Operation, Ring, RingOptions
 
 __all__ = ["IOManager"]
@@ -26,15 +28,14 @@ __all__ = ["IOManager"]
 class IOManager:
     """The runner's view of its ring (see the module docstring)."""
 
-    __slots__ = ("ring",)
+    __slots__ = ("get_events", "ring")
 
     def __init__(self, ring_options: RingOptions | None) -> None:
         self.ring = Ring(ring_options)
-
-    def get_events(self, timeout: float | None) -> int:
-        """Submit, wait up to ``timeout`` seconds (``None``: until a completion; ``0``: do not
-        block) and dispatch every completion.  Returns the number of completions handled."""
-        return self.ring.wait(timeout)
+        #: ``get_events(timeout)``: submit, wait up to ``timeout`` seconds (``None``: until a
+        #: completion; ``0``: do not block) and dispatch every completion; returns how many.
+        #: The ring's own method, bound once: the loop calls it every tick, without a frame here.
+        self.get_events: Callable[[float | None], int] = self.ring.wait
 
     def drain(self, op: Operation, step: float = 1.0) -> None:
         """Shutdown only (blocks the loop's thread): cancel ``op`` unless it is done and reap

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["FACTS", "OpFacts", "facts_for"]
+__all__ = ["DEFAULT_FACTS", "FACTS", "OpFacts", "facts_for"]
 
 # Opcode numbers (kernel ABI).
 OP_NOP, OP_FSYNC, OP_POLL_ADD, OP_SENDMSG, OP_RECVMSG, OP_TIMEOUT = 0, 3, 6, 9, 10, 11
@@ -43,7 +43,8 @@ class OpFacts:
     result_on_more: bool = False
 
 
-_DEFAULT: Final = OpFacts()
+#: The facts of an opcode the table does not list.
+DEFAULT_FACTS: Final = OpFacts()
 
 #: Opcode -> facts.  Opcodes not listed have the defaults (cancellable, no fd, result on final).
 FACTS: Final[dict[int, OpFacts]] = {
@@ -77,4 +78,4 @@ FACTS: Final[dict[int, OpFacts]] = {
 
 def facts_for(opcode: int) -> OpFacts:
     """The facts of ``opcode`` (the defaults for an opcode the table does not list)."""
-    return FACTS.get(opcode, _DEFAULT)
+    return FACTS.get(opcode, DEFAULT_FACTS)

@@ -46,6 +46,8 @@ from typing import Any, Final
 from .._errors import ForkedRingError, RingClosedError, UringInternalError
 from .._native import ffi, lib
 from ._msghdr import MsgHdr
+from ._ops import DEFAULT_FACTS as _DEFAULT_FACTS
+from ._ops import FACTS as _FACTS
 from ._ops import (
     OP_ACCEPT,
     OP_CLOSE,
@@ -73,7 +75,6 @@ from ._ops import (
     OP_WAITID,
     OP_WRITE,
     OpFacts,
-    facts_for,
 )
 from ._probe import OPCODE_NAMES, KernelSupport, RingOptions, unavailable_error
 
@@ -87,6 +88,8 @@ _F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
 _BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
 _EBADFD: Final = 77
 _CQE = struct.Struct("QiI")
+
+_facts_get = _FACTS.get
 
 #: Memory of operations that outlived a ring's drain: kept for the life of the process.
 _ABANDONED: list[object] = []
@@ -165,7 +168,7 @@ class Operation:
         self.output = output
         self.multishot = multishot
         #: What this opcode promises (fd result, cancellability, result-vs-release CQE).
-        self.facts: OpFacts = facts_for(opcode)
+        self.facts: OpFacts = _facts_get(opcode, _DEFAULT_FACTS)
         self.abandoned = False
         #: The ProvidedBufferRing a BUFFER_SELECT receive picks from (None otherwise).
         self.buffers: Any = None
