@@ -256,7 +256,13 @@ def _call_for_coroutine(
 
 
 class UringTaskInfo(anyio.TaskInfo):
-    """anyio's view of a runtime :class:`~anyio_uring.Task`."""
+    """anyio's view of a runtime :class:`~anyio_uring.Task`.
+
+    ``parent_id`` is the id of the task that owns the task's nursery.  The main task and system
+    tasks have none: ``None``, as on asyncio.  (trio reports its hidden ``<init>`` task as their
+    parent; our runner drives the main task itself and has no such task, so any other value
+    would name a task that does not exist.)
+    """
 
     __slots__ = ("_task",)
 

@@ -24,6 +24,10 @@ trio's per-frame KI protection: pure-CPU code with no checkpoint is not interrup
 asyncio).  The loop notices even when blocked in the kernel: ``io_uring_enter`` returns EINTR and
 the signal wake-up fd is watched by the ring.  A second Ctrl+C while the first is still pending
 raises KeyboardInterrupt immediately, wherever the program is.
+
+Async generators: while the loop runs, ``sys.set_asyncgen_hooks`` points at ``_asyncgens.py``,
+which closes an abandoned generator in a system task of the loop and, in :meth:`Runner.close`,
+the survivors.  Shutdown order: :meth:`Runner.close`.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ import sniffio
 
 from .._errors import UringInternalError
 from .._ring import Operation, RingOptions
+from ._asyncgens import AsyncGenerators
 from ._cancel import cancel_all_tasks, root_cancel_status, system_cancel_status
 from ._clock import Clock, SystemClock
 from ._context import GLOBAL, Cancelled, current_runner, current_task, current_time
@@ -74,6 +79,11 @@ __all__ = [
 T = TypeVar("T")
 
 _task_ids = itertools.count(1)
+
+
+def _in_task() -> bool:
+    """Whether a task of a loop in this thread is running (the async-generator hooks ask)."""
+    return GLOBAL.task is not None
 
 
 # ------------------------------------------------------------------------------------------
@@ -108,18 +118,14 @@ class Task:
     __slots__ = (
         "__weakref__",
         "_abort_fn",
-        "_cancel_points",
         "_cancel_status",
         "_child_nurseries",
-        "_eventual_parent_nursery",
         "_next_arg",
         "_next_fn",
         "_parent_nursery",
         "_runner",
-        "_schedule_points",
         "context",
         "coro",
-        "custom_sleep_data",
         "id",
         "name",
         "outcome",
@@ -143,15 +149,11 @@ class Task:
         self.parent = parent
         self.id = next(_task_ids)
         self._parent_nursery = parent_nursery
-        self._eventual_parent_nursery: Any = None
         self._child_nurseries: list[Any] = []
         self._cancel_status: CancelStatus | None = None
         self._abort_fn: Callable[[RaiseCancel], Abort] | None = None
         self._next_fn: Callable[[Any], Any] = coro.send
         self._next_arg: Any = None
-        self._cancel_points = 0
-        self._schedule_points = 0
-        self.custom_sleep_data: Any = None
         self.outcome: Error | tuple[Any] | None = None
         if cancel_status is not None:
             self._activate_cancel_status(cancel_status)
@@ -271,8 +273,10 @@ class Runner:
         self._install_signal_handlers = install_signal_handlers
         self._worker_pool: Any = None  # created lazily by _threads
         self._crash: list[BaseException] = []
-        #: Objects with a ``_loop_closing()`` method, told when the runner closes.
-        self.close_hooks: list[Callable[[], None]] = []
+        self._asyncgens = AsyncGenerators(self, _in_task)
+        #: Set by ``close`` once no task is left and none can run again: spawning fails and the
+        #: entry queue refuses callbacks (``from_thread_*`` then raise instead of hanging).
+        self._stopped = False
         self.clock.start_clock()
 
     def __repr__(self) -> str:
@@ -309,7 +313,7 @@ class Runner:
         context: contextvars.Context | None = None,
         cancel_status: CancelStatus | None = None,
     ) -> Task:
-        if self._closed:
+        if self._stopped:
             raise RuntimeError("the loop is closed")
         coro = async_fn(*args)
         if not isinstance(coro, Coroutine):
@@ -438,6 +442,7 @@ class Runner:
         old_sniffio = sniffio.thread_local.name
         sniffio.thread_local.name = "uring"
         restore_signals = self._install_signals()
+        restore_asyncgen_hooks = self._asyncgens.install()
         try:
             main = self.spawn(async_fn, args, None, name)
             self.main_task = main
@@ -455,6 +460,7 @@ class Runner:
         finally:
             GLOBAL.task = None
             self._running = False
+            restore_asyncgen_hooks()
             restore_signals()
             sniffio.thread_local.name = old_sniffio
             if not self._closed:
@@ -498,13 +504,12 @@ class Runner:
                         continue
                     except BaseException as exc:
                         g.task = None
-                        self._task_exited(task, Error(exc.with_traceback(exc.__traceback__)))
+                        self._task_exited(task, Error(exc))
                         continue
                     finally:
                         task._next_arg = None
                     g.task = None
                     if yielded is checkpoint_trap:
-                        task._schedule_points += 1
                         task._next_fn = task.coro.send
                         runq.append(task)
                     elif callable(yielded):
@@ -599,36 +604,65 @@ class Runner:
     # -- shutdown -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Cancel every remaining task, run them to completion, stop the worker threads, drain
-        every in-flight operation, then close the ring (DESIGN.md invariant 4)."""
+        """Shut the loop down (DESIGN.md invariant 4), in this order:
+
+        1. cancel every remaining task (system tasks: the main task is done) and run the loop
+           until all have finished;
+        2. close the async generators still alive (``_asyncgens``), until none is left;
+        3. stop: no task can be spawned any more, the entry queue refuses new callbacks and runs
+           the queued ones (a ``from_thread_run`` waiting there gets an error, not a hang);
+        4. join the worker threads -- except those running a job whose task abandoned it
+           (``abandon_on_cancel=True``): they finish on their own, and their later calls into
+           the loop raise;
+        5. drain every in-flight operation and close the ring.
+        """
         if self._closed:
             return
         if threading.get_ident() != self._thread:
             raise RuntimeError("a runner must be closed by the thread that created it")
         GLOBAL.runner = self
         try:
-            if self.tasks:
+            sniffio_old = sniffio.thread_local.name
+            sniffio.thread_local.name = "uring"
+            restore_asyncgen_hooks = self._asyncgens.install()
+            try:
+                # Also when no task is left: a system task spawned from now on (``from_thread_run``
+                # racing the close) must start cancelled, or it could keep the loop alive.
                 cancel_all_tasks(self)
-                sniffio_old = sniffio.thread_local.name
-                sniffio.thread_local.name = "uring"
-                try:
-                    self._loop(lambda: bool(self.tasks))
-                finally:
-                    sniffio.thread_local.name = sniffio_old
-            for hook in self.close_hooks:
-                hook()
+                self._loop(lambda: bool(self.tasks))
+                self._finalize_asyncgens()
+            finally:
+                restore_asyncgen_hooks()
+                sniffio.thread_local.name = sniffio_old
+            self._stopped = True
+            self.entry.stop()
             self.io.abandon_orphans()
             if self._worker_pool is not None:
-                self._worker_pool.shutdown(self)
+                self._worker_pool.shutdown()
             self.entry.close()
             if self._signal_wakeup is not None:
                 self._signal_wakeup.close()
             self.io.close()
         finally:
-            self._closed = True
+            self._closed = self._stopped = True
+            self.entry.stop()  # also after a crash: no from_thread call may wait on a dead loop
             GLOBAL.runner = None
             GLOBAL.task = None
         self._raise_crash()
+
+    def _finalize_asyncgens(self) -> None:
+        """Step 2 of :meth:`close`: no task is left, so every async generator still alive is
+        suspended at a ``yield``; close them all (in a system task), and those that this
+        creates or the garbage collector hands over meanwhile, until none is left."""
+        gens = self._asyncgens
+        gens.begin_shutdown()
+        while True:
+            self.entry.run_queued()  # finalizers queued by the GC add their generator to ``alive``
+            if gens.alive:
+                self.spawn_system_task(gens.finalize_remaining, name="close async generators (end of run)")
+            elif not self.tasks:
+                return
+            self._loop(lambda: bool(self.tasks))
 
     def __enter__(self) -> Runner:
         return self
@@ -647,12 +681,19 @@ class EntryQueue:
 
     Woken through an eventfd watched by a multishot ``POLL_ADD`` (each write posts a CQE, so the
     counter never needs draining), or a re-armed single-shot poll on kernels without multishot.
+
+    ``_lock`` makes "check closed, append, write the eventfd" one step against :meth:`stop`
+    and :meth:`close`: a callback is either refused or run (never queued after the last
+    drain), and the eventfd is never written after it is closed (its number may belong to
+    another file by then).  It is re-entrant because a signal handler on the loop thread may
+    call :meth:`run_sync_soon` while the interrupted code holds it.
     """
 
     def __init__(self, runner: Runner) -> None:
         self.runner = runner
         self.queue: deque[tuple[Callable[..., object], tuple[Any, ...]]] = deque()
         self.fd = os.eventfd(0, _EFD_FLAGS)
+        self._lock = threading.RLock()
         self._woken = False
         self._closed = False
         self._multishot = runner.ring.support.multishot_poll
@@ -668,7 +709,7 @@ class EntryQueue:
         self.watchers += 1
 
     def _on_cqe(self, op: Operation, res: int, flags: int) -> None:
-        self._drain()
+        self.run_queued()
 
     def _on_final(self, op: Operation) -> None:
         self.watchers -= 1
@@ -678,11 +719,12 @@ class EntryQueue:
                 os.eventfd_read(self.fd)
             except (BlockingIOError, OSError):
                 pass
-        self._drain()
+        self.run_queued()
         if not self._closed:
             self._arm()  # a multishot can end on CQ overflow: re-arm whenever F_MORE is absent
 
-    def _drain(self) -> None:
+    def run_queued(self) -> None:
+        """Run every queued callback (loop thread only); an exception crashes the loop."""
         self._woken = False
         queue = self.queue
         while queue:
@@ -693,24 +735,36 @@ class EntryQueue:
                 self.runner._crash.append(exc)
 
     def run_sync_soon(self, fn: Callable[..., object], *args: Any) -> None:
-        """Schedule ``fn(*args)`` on the loop thread.  Thread-safe and signal-safe enough."""
-        if self._closed:
-            raise RuntimeError("the loop is closed")
-        self.queue.append((fn, args))
-        if not self._woken:
-            self._woken = True
-            try:
-                os.eventfd_write(self.fd, 1)
-            except BlockingIOError:  # counter saturated: a wake-up is pending anyway
-                pass
+        """Schedule ``fn(*args)`` on the loop thread.  Thread-safe and signal-safe enough.
+
+        Raises ``RuntimeError`` once the loop has stopped (``Runner.close``): then ``fn`` will
+        never run.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the loop is closed")
+            self.queue.append((fn, args))
+            if not self._woken:
+                self._woken = True
+                try:
+                    os.eventfd_write(self.fd, 1)
+                except BlockingIOError:  # counter saturated: a wake-up is pending anyway
+                    pass
+
+    def stop(self) -> None:
+        """Refuse new callbacks from now on, and run those already queued."""
+        with self._lock:
+            self._closed = True
+        self.run_queued()
 
     def close(self) -> None:
-        self._closed = True
-        self._drain()
+        """:meth:`stop`, then disarm the eventfd watcher and close the eventfd."""
+        self.stop()
         if self._op is not None:
             self.runner.io.drain(self._op)
-        self._drain()
-        os.close(self.fd)
+        self.run_queued()
+        with self._lock:
+            os.close(self.fd)
 
 
 class _SignalWakeup:
@@ -776,7 +830,6 @@ async def checkpoint() -> None:
     await cancel_shielded_checkpoint()
     task = GLOBAL.task
     assert task is not None
-    task._cancel_points += 1
     status = task._cancel_status
     if status is not None and status.effectively_cancelled:
         raise status.cancelled()
@@ -796,7 +849,6 @@ async def checkpoint_if_cancelled() -> None:
     ):
         await checkpoint()
         raise UringInternalError("checkpoint did not raise")  # pragma: no cover
-    task._cancel_points += 1
 
 
 async def sleep_forever() -> NoReturn:
@@ -851,7 +903,8 @@ def run(
 ) -> T:
     """Run ``async_fn(*args)`` on a new io_uring loop and return its result.
 
-    Returns only once every task, operation and worker thread the run started has finished.
+    Returns only once every task, operation and worker thread the run started has finished --
+    except a worker thread whose task abandoned it (``abandon_on_cancel=True``), as in trio.
     """
     runner = Runner(clock=clock, ring_options=ring_options, install_signal_handlers=install_signal_handlers)
     return runner.run_and_close(async_fn, *args)

@@ -66,7 +66,6 @@ class TaskStatus(Generic[T]):
         old._children = set()
         for task in tasks:
             task._parent_nursery = new
-            task._eventual_parent_nursery = None
             new._children.add(task)
         # ...and the cancel-status subtree under the new nursery, detaching everything from the
         # old one first (re-attaching under a cancelled nursery runs abort callbacks).
@@ -178,8 +177,7 @@ class Nursery:
                     status: TaskStatus[Any] = TaskStatus(old, self)
                     thunk = functools.partial(async_fn, task_status=status)
                     task_name = async_fn if name is None else name
-                    task = self._parent_task._runner.spawn(thunk, args, old, task_name)
-                    task._eventual_parent_nursery = self
+                    self._parent_task._runner.spawn(thunk, args, old, task_name)
             except BaseExceptionGroup as group:
                 if len(group.exceptions) == 1:
                     exc = group.exceptions[0]

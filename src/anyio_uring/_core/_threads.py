@@ -7,8 +7,15 @@ runner's entry queue (an eventfd CQE), and the waiting task is rescheduled with 
 Cancellation: with ``abandon_on_cancel=False`` (the default) a cancelled task keeps waiting for
 its thread -- the thread cannot be interrupted -- gets the result and sees the cancellation at its
 next checkpoint.  With ``abandon_on_cancel=True`` the task raises at once; the thread runs on,
-keeps its limiter token until it finishes, and its result is dropped.  Either way ``run()``
-returns only after every worker thread has finished (DESIGN.md invariant 4).
+keeps its limiter token until it finishes, and its result is dropped.
+
+Shutdown (``Runner.close``): ``run()`` returns only after every worker thread it started has
+finished (DESIGN.md invariant 4) -- *except* one running a job its task abandoned, as in trio: the
+loop does not wait for it.  By then no task is left, so no worker can be running a job that a task
+still waits for.  An abandoned worker finishes on its own; its result is dropped, and its calls
+into the finished loop (``from_thread_run``/``from_thread_run_sync``) raise ``RuntimeError``
+("the loop is closed"; anyio's ``RunFinishedError`` through the backend) instead of waiting for a
+loop that will never run them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Any, TypeVar
 
 import sniffio
 
+from .._errors import UringInternalError
 from ._context import GLOBAL
 from ._run import Error, Runner, Task, checkpoint_if_cancelled, current_runner, current_task
 from ._sync import CapacityLimiter
@@ -84,17 +92,21 @@ class _Job:
 
 
 class _Worker:
-    __slots__ = ("_job", "_wake", "pool", "thread")
+    __slots__ = ("_job", "_wake", "current", "pool", "thread")
 
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self._wake = threading.Semaphore(0)
         self._job: _Job | None = None
+        #: The job assigned and not yet finished, for ``WorkerPool.shutdown`` (set on the loop
+        #: thread by ``assign``, so a job not yet picked up by this thread counts too).
+        self.current: _Job | None = None
         self.thread = threading.Thread(target=self._main, name="anyio_uring worker", daemon=True)
         self.thread.start()
 
     def assign(self, job: _Job | None) -> None:
-        self._job = job
+        """Hand over a job (``None``: exit).  Loop thread only."""
+        self._job = self.current = job
         self._wake.release()
 
     def _main(self) -> None:
@@ -110,26 +122,43 @@ class _Worker:
             job, self._job = self._job, None
             if job is None:
                 return  # shutdown
-            worker_local.runner = job.runner
-            worker_local.task = job.task
-            worker_local.job = job
-            try:
-                result: Any = (job.context.run(job.fn, *job.args),)
-            except BaseException as exc:
-                result = Error(exc)
-            finally:
-                worker_local.runner = worker_local.task = worker_local.job = None
-                # Drop the payload now: once the result is posted, the task may resume (and
-                # expect fn, its arguments and its context to be freeable) before this thread
-                # gets to run its next line.
-                del job.fn, job.args, job.context
-            with pool.lock:
+            if not self._run(job):
+                return
+
+    def _run(self, job: _Job) -> bool:
+        """Run one job and post its result; return whether to stay in the pool."""
+        pool = self.pool
+        worker_local.runner = job.runner
+        worker_local.task = job.task
+        worker_local.job = job
+        try:
+            result: Any = (job.context.run(job.fn, *job.args),)
+        except BaseException as exc:
+            result = Error(exc)
+        finally:
+            worker_local.runner = worker_local.task = worker_local.job = None
+            # Drop the payload now: once the result is posted, the task may resume (and
+            # expect fn, its arguments and its context to be freeable) before this thread
+            # gets to run its next line.
+            del job.fn, job.args, job.context
+        with pool.lock:
+            self.current = None
+            stay = not pool.closed
+            if stay:
                 pool.idle.append(self)
-            try:
-                job.runner.entry.run_sync_soon(job.deliver, result)
-            except RuntimeError:  # the loop closed meanwhile (cannot happen before shutdown joins us)
-                pass
-            del job, result
+            else:
+                pool.all.discard(self)
+        try:
+            job.runner.entry.run_sync_soon(job.deliver, result)
+        except RuntimeError:
+            # The loop has stopped.  It stops only once no task is left, so no task can be
+            # waiting for this result -- unless the job was abandoned, nobody should be here.
+            if not job.abandoned:
+                raise UringInternalError(
+                    f"a worker thread finished {job!r} after its loop stopped, but no task "
+                    "abandoned it: the loop should have waited for this thread"
+                ) from None
+        return stay
 
 
 class WorkerPool:
@@ -141,9 +170,13 @@ class WorkerPool:
         self.idle: list[_Worker] = []
         self.all: set[_Worker] = set()
         self.busy = 0
+        #: Set by :meth:`shutdown`: a worker finishing its job then leaves instead of idling.
+        self.closed = False
 
     def submit(self, job: _Job) -> None:
         with self.lock:
+            if self.closed:
+                raise RuntimeError("the loop is closed")
             worker = self.idle.pop() if self.idle else None
         if worker is None:
             worker = _Worker(self)
@@ -152,28 +185,27 @@ class WorkerPool:
         self.busy += 1
         worker.assign(job)
 
-    def shutdown(self, runner: Runner) -> None:
-        """Stop every worker and join them all (busy ones finish their job first)."""
-        while True:
-            with self.lock:
-                workers = list(self.all)
-                self.all.clear()
-                idle = set(self.idle)
-                self.idle.clear()
-            if not workers:
-                return
-            for worker in workers:
-                if worker in idle:
-                    worker.assign(None)
-            for worker in workers:
-                if worker not in idle:
-                    # A busy worker posts its result to the entry queue, then idles: deliver it.
-                    while worker.thread.is_alive():
-                        runner.io.get_events(0.05)
-                        with self.lock:
-                            if worker in self.idle:
-                                self.idle.remove(worker)
-                                worker.assign(None)
+    def shutdown(self) -> None:
+        """Stop every worker; join every one but those running an abandoned job.
+
+        Called by ``Runner.close`` once no task is left and the entry queue has stopped, so a
+        busy worker's job is an abandoned one: it is left to finish on its own (it then leaves
+        the pool, see ``_Worker._run``).  A busy worker whose job was *not* abandoned would be a
+        bug (the task waiting for it would still be alive); it is joined all the same.
+        """
+        with self.lock:
+            self.closed = True
+            workers = list(self.all)
+            self.all.clear()
+            idle = set(self.idle)
+            self.idle.clear()
+            abandoned = {
+                w for w in workers if w not in idle and w.current is not None and w.current.abandoned
+            }
+        for worker in idle:
+            worker.assign(None)
+        for worker in workers:
+            if worker not in abandoned:
                 worker.thread.join()
 
 
@@ -260,7 +292,11 @@ def _check_not_loop_thread(runner: Runner) -> None:
 
 
 def from_thread_run_sync(fn: Callable[..., T], *args: Any, runner: Runner | None = None) -> T:
-    """From another thread: run ``fn(*args)`` on the loop thread and return its result."""
+    """From another thread: run ``fn(*args)`` on the loop thread and return its result.
+
+    Raises ``RuntimeError`` ("the loop is closed") if the loop has stopped (``Runner.close``)
+    before running it: a call either runs or fails, it never waits for a loop that is gone.
+    """
     runner = runner or _loop_runner_for_this_thread()
     _check_not_loop_thread(runner)
     done = threading.Event()
@@ -287,6 +323,9 @@ def from_thread_run(fn: Callable[..., Awaitable[T]], *args: Any, runner: Runner 
     task runs under that task's cancel scopes, as in trio: cancelling them cancels ``fn``.  From
     any other thread, or from one its task may abandon (whose scopes may close while ``fn`` still
     runs), it runs under the loop's system scope.
+
+    While the loop closes, the new task starts cancelled (the system scope is); once it has
+    stopped running tasks, the call raises ``RuntimeError`` ("the loop is closed") instead.
     """
     runner = runner or _loop_runner_for_this_thread()
     _check_not_loop_thread(runner)

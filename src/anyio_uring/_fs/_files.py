@@ -273,10 +273,7 @@ def _cancel_pending() -> bool:
     if status is not None and status.effectively_cancelled:
         return True
     runner = task._runner
-    if runner.ki_pending and task is runner.main_task:
-        return True
-    task._cancel_points += 1  # a cancel point passed (checkpoint_if_cancelled counts the others)
-    return False
+    return runner.ki_pending and task is runner.main_task
 
 
 # ------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ operation was withdrawn and the callback will *not* be called (trio's ``Abort.SU
 from __future__ import annotations
 
 import errno
+import math
 import os
 import struct
 import threading
@@ -87,6 +88,11 @@ _F_MORE: Final[int] = lib.AUR_CQE_F_MORE
 _F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
 _BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
 _EBADFD: Final = 77
+#: The longest bounded wait (2**62 ns, ~146 years).  Longer finite timeouts are clamped to it: the
+#: nanosecond count must fit an int64, and so must ``now + timeout`` for the absolute TIMEOUT SQE
+#: used when ``IORING_ENTER_EXT_ARG`` is unavailable (aur.c, ``arm_fallback_timeout``).
+_MAX_WAIT_NS: Final = 1 << 62
+_MAX_WAIT_S: Final = _MAX_WAIT_NS / 1e9
 _CQE = struct.Struct("QiI")
 
 _facts_get = _FACTS.get
@@ -725,15 +731,21 @@ class Ring:
         """Submit everything queued, wait for ``min_complete`` completions or ``timeout`` seconds
         (``None``: no limit, ``0``: do not block), reap every available CQE and dispatch it.
 
-        Returns the number of completions dispatched (0 on timeout or signal).
+        Returns the number of completions dispatched (0 on timeout or signal).  A timeout of
+        ``math.inf`` is no limit; a finite one beyond ~146 years is clamped to that (so a far
+        deadline, e.g. ``sleep(sys.maxsize)``, waits "forever" instead of overflowing).
         """
         self._check_usable()
-        if timeout is None:
+        if timeout is None or timeout == math.inf:
             t_ns = -1
         elif timeout <= 0:
             t_ns = 0
-        else:
+        elif timeout < _MAX_WAIT_S:
             t_ns = max(int(timeout * 1e9), 1)
+        elif timeout >= _MAX_WAIT_S:
+            t_ns = _MAX_WAIT_NS
+        else:
+            raise ValueError("timeout must not be NaN")
         total = 0
         rc = lib.aur_wait(self._c, min_complete, t_ns, self._out, self._cap)
         while True:
