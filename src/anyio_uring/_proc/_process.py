@@ -8,22 +8,32 @@ it; the child never touches the ring: its fds are ``O_CLOEXEC``).  Pipes request
 plain fds and closed in the parent after the spawn; the parent's ends become
 :mod:`~anyio_uring._proc._pipes` streams.
 
-Waiting for exit never consumes the exit status in the kernel: the ring operation only *observes*
-the exit, and reaping is a synchronous ``waitpid(pid, WNOHANG)`` in one place
+Each process gets a pidfd (``pidfd_open``) right after the spawn, while the child cannot have
+been reaped yet, so the pidfd names *this* process for its whole life.  Waiting for exit never
+consumes the exit status in the kernel: the ring operation only *observes* the exit, and reaping
+is a synchronous ``waitid(P_PIDFD, WNOHANG)`` (``waitpid`` without a pidfd) in one place
 (:meth:`Process._reap`), which records the return code (and tells Popen) in the same step:
 
-* ``IORING_OP_WAITID`` with ``WEXITED | WNOWAIT`` (``P_PID``) where the ring supports it.  Plain
-  ``WAITID`` would reap in the kernel (KERNEL-FACTS.md section 4), and then a cancelled wait whose
-  CQE carried the status, a second concurrent ``wait()``, or a ``returncode`` poll racing with the
-  CQE could each lose or misreport the status.  ``WNOWAIT`` makes every one of those cases
-  trivial: any number of waits may be in flight, a cancelled one loses nothing, the zombie stays
-  until ``_reap``.
-* else ``POLL_ADD`` on a pidfd (``pidfd_open``: readable once the child has exited), then reap;
+* ``IORING_OP_WAITID`` with ``WEXITED | WNOWAIT`` (on the pidfd, else ``P_PID``) where the ring
+  supports it.  Plain ``WAITID`` would reap in the kernel (KERNEL-FACTS.md section 4), and then a
+  cancelled wait whose CQE carried the status, a second concurrent ``wait()``, or a
+  ``returncode`` poll racing with the CQE could each lose or misreport the status.  ``WNOWAIT``
+  makes every one of those cases trivial: any number of waits may be in flight, a cancelled one
+  loses nothing, the zombie stays until ``_reap``.
+* else ``POLL_ADD`` on the pidfd (readable once the child has exited), then reap;
 * else (no pidfd: Linux < 5.3 or a sandbox) a sleep-and-poll loop with back-off.
 
-Until the child is reaped its pid cannot be reused, so ``os.kill(pid, ...)`` is always aimed at
-our child; after reaping, signalling raises ``ProcessLookupError`` (asyncio's behaviour).
-Popen's own ``poll()``/``wait()`` are never called: they would reap behind our back.
+The pidfd follows the ownership rule of the ring's memory: an fd number named by an operation
+must stay open until that operation's final CQE (the kernel resolves it only when it issues the
+SQE, and a closed number can be reused by the next ``open``).  ``_reap`` therefore only *retires*
+the pidfd; it is closed when the last operation naming it is done (``_pidfd_users``).
+
+Signalling follows trio (``subprocess.Popen.send_signal``): the process is first reaped if it has
+exited, and a reaped process is not signalled at all -- its pid may belong to another process by
+now.  Before that, the signal goes through the pidfd (``pidfd_send_signal``), which cannot reach
+another process even if someone else reaped ours behind our back; without a pidfd, ``os.kill``
+(the pid cannot be reused while our child is unreaped).  Popen's own ``poll()``/``wait()`` are
+never called: they would reap behind our back.
 """
 
 from __future__ import annotations
@@ -31,9 +41,9 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from signal import SIGKILL, SIGTERM, Signals, pidfd_send_signal
 from typing import IO, Any, Final, TypeAlias
 
 from anyio.abc import ByteReceiveStream, ByteSendStream
@@ -68,8 +78,10 @@ class Process(AbstractProcess):
         self._stdout = stdout
         self._stderr = stderr
         self._returncode: int | None = None
-        #: None: not opened yet; -1: unavailable (fall back to polling).
-        self._pidfd: int | None = None
+        #: The pidfd (-1: none, fall back to the pid); opened before anyone can reap the child.
+        self._pidfd = _open_pidfd(self._pid)
+        #: Ring operations in flight that name the pidfd (it is closed only when none is left).
+        self._pidfd_users = 0
 
     def __repr__(self) -> str:
         state = "running" if self._returncode is None else f"returncode={self._returncode}"
@@ -82,34 +94,57 @@ class Process(AbstractProcess):
         if self._returncode is not None:
             return self._returncode
         try:
-            pid, status = os.waitpid(self._pid, os.WNOHANG)
+            if self._pidfd >= 0:
+                info = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+                if info is None:
+                    return None
+                code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+            else:
+                pid, status = os.waitpid(self._pid, os.WNOHANG)
+                if pid == 0:
+                    return None
+                code = os.waitstatus_to_exitcode(status)
         except ChildProcessError:
             # Reaped by someone else (a waitpid(-1) elsewhere, SIGCHLD set to SIG_IGN): the
             # status is gone.  subprocess.Popen reports 0 in this case; so do we.
             code = 0
-        else:
-            if pid == 0:
-                return None
-            code = os.waitstatus_to_exitcode(status)
         self._returncode = code
         self._popen.returncode = code  # Popen must not try to reap (or warn) again
-        self._close_pidfd()
+        if self._pidfd_users == 0:
+            self._close_pidfd()
+        # else: the last operation naming the pidfd closes it (see _observe_exit).
         return code
 
     def _close_pidfd(self) -> None:
         pidfd = self._pidfd
-        if pidfd is not None and pidfd >= 0:
+        if pidfd >= 0:
             self._pidfd = -1
             os.close(pidfd)
 
-    def _get_pidfd(self) -> int:
-        """A pidfd for the (unreaped, so not reusable) pid; -1 if the kernel has none."""
-        if self._pidfd is None:
-            try:
-                self._pidfd = os.pidfd_open(self._pid)
-            except (OSError, AttributeError):
-                self._pidfd = -1
-        return self._pidfd
+    async def _observe_exit(self) -> None:
+        """Wait (on the ring) until the child has exited -- or seems to: the caller reaps."""
+        ring = current_runner().ring
+        pidfd = self._pidfd
+        if ring.support.waitid:
+            if pidfd >= 0:
+                op = ring.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOWAIT)
+            else:
+                op = ring.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOWAIT)
+            what = "waitid"
+        else:
+            op = ring.poll_add(pidfd, select.POLLIN)
+            what = "poll on the pidfd"
+        if pidfd >= 0:
+            self._pidfd_users += 1
+        try:
+            res = await wait_operation(op)  # returns (or raises) only after the final CQE
+        finally:
+            if pidfd >= 0:
+                self._pidfd_users -= 1
+                if self._pidfd_users == 0 and self._returncode is not None:
+                    self._close_pidfd()  # retired by _reap meanwhile
+        if res < 0 and res != -errno.ECHILD:
+            raise OSError(-res, f"{what} for process {self._pid} failed: {os.strerror(-res)}")
 
     # -- anyio.abc.Process -----------------------------------------------------------------
 
@@ -125,14 +160,8 @@ class Process(AbstractProcess):
         ring = current_runner().ring
         delay = _POLL_MIN
         while True:
-            if ring.support.waitid:
-                res = await wait_operation(ring.waitid(os.P_PID, self._pid, os.WEXITED | os.WNOWAIT))
-                if res < 0 and res != -errno.ECHILD:
-                    raise OSError(-res, f"waitid({self._pid}) failed: {os.strerror(-res)}")
-            elif (pidfd := self._get_pidfd()) >= 0:
-                res = await wait_operation(ring.poll_add(pidfd, select.POLLIN))
-                if res < 0:
-                    raise OSError(-res, f"poll on the pidfd of {self._pid} failed: {os.strerror(-res)}")
+            if ring.support.waitid or self._pidfd >= 0:
+                await self._observe_exit()
             else:
                 await sleep(delay)
                 delay = min(delay * 2, _POLL_MAX)
@@ -141,25 +170,30 @@ class Process(AbstractProcess):
                 return code
 
     def terminate(self) -> None:
-        """Send ``SIGTERM``.  :raises ProcessLookupError: if the process was already reaped."""
-        self.send_signal(signal.SIGTERM)
+        """Send ``SIGTERM`` (nothing if the process has exited: see :meth:`send_signal`)."""
+        self.send_signal(SIGTERM)
 
     def kill(self) -> None:
-        """Send ``SIGKILL``.  :raises ProcessLookupError: if the process was already reaped."""
-        self.send_signal(signal.SIGKILL)
+        """Send ``SIGKILL`` (nothing if the process has exited: see :meth:`send_signal`)."""
+        self.send_signal(SIGKILL)
 
-    def send_signal(self, signal: int) -> None:
-        """Send ``signal`` to the process.
+    def send_signal(self, signal: Signals | int) -> None:
+        """Send ``signal`` to the process, or do nothing if it has exited (trio's behaviour).
 
-        :raises ProcessLookupError: if the process has exited and was reaped (by :meth:`wait`,
-            :attr:`returncode` or :meth:`aclose`); before that its pid cannot be reused, so the
-            signal always reaches this process (or its zombie, harmlessly).
+        An exited process is reaped first (like ``Popen.send_signal``), and a reaped one is not
+        signalled: its pid may have been given to another process.  Until then the signal goes
+        through the pidfd, which names this process only; without one, to the pid, which
+        cannot be reused while the child is unreaped.
         """
-        if self._returncode is not None:
-            raise ProcessLookupError(
-                f"process {self._pid} has already exited (return code {self._returncode})"
-            )
-        os.kill(self._pid, signal)
+        if self._reap() is not None:
+            return
+        try:
+            if self._pidfd >= 0:
+                pidfd_send_signal(self._pidfd, signal)
+            else:
+                os.kill(self._pid, signal)
+        except ProcessLookupError:
+            pass  # reaped by someone else just now: nothing to signal (as Popen does)
 
     @property
     def pid(self) -> int:
@@ -204,10 +238,19 @@ class Process(AbstractProcess):
             raise
 
     def __del__(self) -> None:
+        # Unreachable: no task can be parked on an operation naming the pidfd any more.
         try:
             self._close_pidfd()
         except (AttributeError, OSError):  # pragma: no cover - half-built object
             pass
+
+
+def _open_pidfd(pid: int) -> int:
+    """A pidfd for ``pid`` (a child not reaped yet); -1 if the kernel or sandbox has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return -1
 
 
 def _pipe() -> tuple[int, int]:

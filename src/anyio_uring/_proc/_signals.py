@@ -12,15 +12,21 @@ A receiver therefore installs a do-nothing Python handler for each of its signal
 makes CPython write the number) and registers a listener that queues the numbers it owns.
 "Owns" means: its handler is the one installed for that signal right now -- so when receivers
 for the same signal are nested, the innermost gets it, and the outer one again after the inner
-one exits and restores the previous handler.  Every arrival is queued (no coalescing), as with
-anyio's asyncio backend; signals still queued when the ``with`` block exits are dropped.
+one exits and restores the previous handler.
+
+As in trio, the pending signals form an ordered set: a signal that arrives while it is already
+pending is not added again (it is reported once; the kernel merges a standard signal that is
+pending at its level too), and one that arrives after it was read is pending again.  When the
+``with`` block exits, signals that were caught but not read yet -- the pending ones, and those
+still in the wake-up pipe, not yet seen by the loop -- are re-delivered (``signal.raise_signal``)
+to the restored handlers, in order, so that none is lost to an exiting receiver.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from collections import deque
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -40,7 +46,8 @@ class SignalReceiver:
     def __init__(self, runner: Runner, signals: tuple[signal.Signals, ...]) -> None:
         self._runner = runner
         self._signals = frozenset(signals)
-        self._queue: deque[signal.Signals] = deque()
+        #: The pending signals, in arrival order (a dict used as an ordered set).
+        self._pending: dict[signal.Signals, None] = {}
         self._lot = ParkingLot()
         self._previous: dict[signal.Signals, Any] = {}
         self._wakeup: _SignalWakeup | None = None
@@ -59,7 +66,7 @@ class SignalReceiver:
     def _on_signal(self, signum: int) -> None:
         """Listener of the runner's ``_SignalWakeup`` (called in the loop, in arrival order)."""
         if signum in self._signals and signal.getsignal(signum) is self._handler:
-            self._queue.append(signal.Signals(signum))
+            self._pending[signal.Signals(signum)] = None  # already pending: stays where it is
             self._lot.unpark()
 
     # -- context manager ------------------------------------------------------------------
@@ -95,10 +102,14 @@ class SignalReceiver:
     def _close(self) -> None:
         if self._state == "closed":
             return
+        if self._wakeup is not None and self._state == "open":
+            _dispatch_unread(self._wakeup)  # signals caught but not seen by the loop yet
         self._state = "closed"
+        restored = set()
         for sig, previous in self._previous.items():
             if previous is not None:  # None: installed from C, cannot be restored from Python
                 signal.signal(sig, previous)
+                restored.add(sig)
         self._previous.clear()
         if self._wakeup is not None:
             try:
@@ -108,8 +119,10 @@ class SignalReceiver:
         if self._restore_wakeup is not None:
             self._restore_wakeup()
             self._restore_wakeup = None
-        self._queue.clear()
         self._lot.unpark_all()  # waiters see the receiver closed
+        pending = [sig for sig in self._pending if sig in restored]
+        self._pending.clear()
+        _redeliver(pending)
 
     # -- async iterator ---------------------------------------------------------------------
 
@@ -122,13 +135,40 @@ class SignalReceiver:
         :raises RuntimeError: if the ``with`` block has been exited (or not entered)
         """
         await checkpoint()
-        while not self._queue:
+        while not self._pending:
             if self._state != "open":
                 raise RuntimeError(
                     "this signal receiver is not active: iterate over it inside its 'with' block"
                 )
             await self._lot.park()
-        return self._queue.popleft()
+        signum = next(iter(self._pending))
+        del self._pending[signum]
+        return signum
+
+
+def _dispatch_unread(wakeup: _SignalWakeup) -> None:
+    """Hand the signal numbers waiting in the wake-up pipe to its listeners now (the ring's
+    ``POLL_ADD`` on the pipe then finds it empty, which the wake-up tolerates)."""
+    while True:
+        try:
+            data = os.read(wakeup.rfd, 4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:  # pragma: no cover - the write end is never closed while the loop runs
+            return
+        for signum in data:
+            for listener in list(wakeup.listeners):
+                listener(signum)
+
+
+def _redeliver(pending: list[signal.Signals]) -> None:
+    """Raise each signal again, in order, for the handler now installed -- all of them even if
+    a handler raises (as in trio: the last exception propagates, earlier ones are its context)."""
+    if pending:
+        try:
+            signal.raise_signal(pending[0])
+        finally:
+            _redeliver(pending[1:])
 
 
 def open_signal_receiver(*signals: signal.Signals | int) -> SignalReceiver:
@@ -139,8 +179,9 @@ def open_signal_receiver(*signals: signal.Signals | int) -> SignalReceiver:
                 ...
 
     Handlers are installed on entry and the previous ones restored on exit.  Signals are yielded
-    as :class:`signal.Signals`, in arrival order, once per delivery (no coalescing; the kernel
-    itself merges deliveries of a standard signal that is already pending).
+    as :class:`signal.Signals`, in arrival order; a signal that arrives again while it is still
+    pending (not read yet) is reported once (trio's behaviour).  Signals not read when the block
+    exits are re-delivered to the restored handlers.
 
     :raises RuntimeError: outside a running loop, or in a thread other than the main thread
     :raises ValueError: for a number that is not a signal
