@@ -33,8 +33,8 @@ import pytest
 import anyio_uring as au
 from anyio_uring import CancelScope, RingOptions
 from anyio_uring._core import current_runner
-from anyio_uring._process import Process, open_process
-from anyio_uring._signals import open_signal_receiver
+from anyio_uring._proc._process import Process, open_process
+from anyio_uring._proc._signals import open_signal_receiver
 
 PY = sys.executable
 NO_WAITID = RingOptions(disable=frozenset({"waitid"}))
