@@ -555,15 +555,8 @@ async def wait_operation(op: Operation) -> int:
     cancelled (``OpFacts.cancellable``: CLOSE) is waited for; the cancellation lands afterwards.
     """
     task = current_task()
-    if op.done:
-        # Completed (or withdrawn) before anyone waited: no callback will ever come, and the
-        # abort could only answer FAILED -- parking would never end, not even by cancellation.
-        # Hand the result over at a schedule point (not a cancel point: it must not be lost).
-        await cancel_shielded_checkpoint()
-        assert op.result is not None
-        return op.result
-    if op.callback is not None:
-        raise RuntimeError(f"another task is already waiting for {op!r}")
+    if op.callback is not None or op.done:
+        return await _not_parkable(op)
     waiter = _OpWaiter(task, op)
     op.callback = waiter.completed
     result: int = await wait_task_rescheduled(waiter.abort)
@@ -571,6 +564,18 @@ async def wait_operation(op: Operation) -> int:
         assert waiter.raise_cancel is not None
         waiter.raise_cancel()
     return result
+
+
+async def _not_parkable(op: Operation) -> int:
+    """The waits' rare cases: ``op`` has a waiter already, or is done."""
+    if op.callback is not None:
+        raise RuntimeError(f"another task is already waiting for {op!r}")
+    # Completed (or withdrawn) before anyone waited: no callback will ever come, and the abort
+    # could only answer FAILED -- parking would never end, not even by cancellation.  Hand the
+    # result over at a schedule point (not a cancel point: it must not be lost).
+    await cancel_shielded_checkpoint()
+    assert op.result is not None
+    return op.result
 
 
 async def _park(waiter: _ClosableWaiter) -> int:
@@ -625,12 +630,8 @@ class InFlight:
     async def wait(self, op: Operation) -> int:
         """:func:`wait_operation`, with ``op`` recorded as in flight until its task lets go."""
         task = current_task()
-        if op.done:
-            await cancel_shielded_checkpoint()
-            assert op.result is not None
-            return op.result
-        if op.callback is not None:
-            raise RuntimeError(f"another task is already waiting for {op!r}")
+        if op.callback is not None or op.done:
+            return await _not_parkable(op)
         waiter = _ClosableWaiter(task, op, self.closing)
         op.callback = waiter.completed
         self._waiters.add(waiter)
