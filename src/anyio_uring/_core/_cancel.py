@@ -53,6 +53,8 @@ __all__ = [
     "fail_at",
     "move_on_after",
     "move_on_at",
+    "end_and_reap",
+    "end_operation",
     "wait_operation",
     "wait_owned_fd",
 ]
@@ -537,12 +539,38 @@ class _ClosableWaiter(_OpWaiter):
         self.ended = ended
 
     def end(self) -> None:
-        """End the operation because its resource is closing: the waiter resumes with
-        ``-ECANCELED`` (or the result, if the operation won the race), never with Cancelled."""
-        op = self._op
+        """End the operation because its resource is closing (see :func:`end_operation`)."""
         self.ended = True
-        if not op.done and op.ring.cancel(op):
-            self.completed(op)  # withdrawn: no CQE will come, so resume the waiter here
+        end_operation(self._op)
+
+
+def end_operation(op: Operation) -> None:
+    """End ``op``, on which some task is parked in a wait of this module, from outside that task
+    (its resource is being closed; its result is no longer wanted).
+
+    If the kernel has not seen the SQE the ring withdraws it and will never call back, so the
+    waiter is resumed here (``op`` is done with ``-ECANCELED``); otherwise ``ASYNC_CANCEL`` is
+    queued and the waiter stays parked until the final CQE -- ``-ECANCELED``, or a real result,
+    which it keeps.  Either way the waiter resumes with a result, never with Cancelled, and the
+    memory and fd stay the operation's until its final CQE.  A done operation is left alone.
+    """
+    if op.done:
+        return
+    callback = op.callback
+    if op.ring.cancel(op) and callback is not None:
+        callback(op)
+
+
+async def end_and_reap(op: Operation) -> int:
+    """End ``op``, on which nobody waits, and wait -- shielded -- for its final CQE (the memory
+    and fds it names stay lent until then).  Returns its result."""
+    if op.callback is not None:
+        raise RuntimeError(f"another task is already waiting for {op!r}")
+    if not op.done:
+        op.ring.cancel(op)
+    with CancelScope(shield=True):
+        result = await wait_operation(op)
+    return result
 
 
 async def wait_operation(op: Operation) -> int:

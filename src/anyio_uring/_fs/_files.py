@@ -8,11 +8,15 @@ io_uring operation awaited through :func:`~anyio_uring.cancel.wait_operation`:
 
 =====================  ==========================================================================
 open                   ``OPENAT`` (``O_CLOEXEC``), then ``STATX`` on the new fd (directory check,
-                       regular file or stream, ``st_blksize`` for the buffer size, the size)
+                       regular file or stream, ``st_blksize`` for the buffer size, the size);
+                       a FIFO opened for reading then waits for a writer, as ``open(2)`` does
+                       (a second ``OPENAT`` in io-wq, see ``_fifo_wait_for_writer``)
 read / readinto        ``READ`` at the tracked offset (``-1``, the kernel's position, for pipes,
                        sockets and character devices)
 write                  ``WRITE`` at the tracked offset (``-1`` in append mode: ``O_APPEND``)
-seek(…, SEEK_END)      ``STATX`` for the size; ``SEEK_SET``/``SEEK_CUR`` touch nothing
+seek(…, SEEK_END)      ``STATX`` for the size; ``SEEK_SET``/``SEEK_CUR`` touch nothing (offsets
+                       outside ``off_t`` are rejected as by CPython; a position past the known
+                       end is checked with ``lseek``, which enforces the kernel's limit)
 truncate               ``FTRUNCATE`` (a worker thread when the kernel lacks it or it is masked)
 fsync (an extension)   ``FSYNC``
 close                  ``CLOSE``
@@ -55,7 +59,15 @@ keep that promise intact by updating their state *only after* an operation's res
   buffers the data or writes it directly (a cancelled direct write leaves ``tell()`` after the
   bytes actually written); a text write is accepted into the buffers before any I/O, so a
   cancellation of the flush it triggers loses nothing (the next flush or close writes it);
-* ``aclose()`` is shielded (as anyio's is): the fd is always closed.
+* ``aclose()`` is shielded (as anyio's is): the fd is always closed.  An unbuffered file's
+  ``aclose()`` does not wait behind an operation another task is parked on (a FIFO read whose
+  writer is silent): it ends that operation through the ring's cancel and closes the fd after
+  the operation's final CQE.  (Buffered files wait, as CPython's buffered ``close()`` does.)
+
+Read buffers are sized from what can be read: a regular file's known size bounds a large
+``read(n)`` (a file that grew is read in growing chunks), and the large buffers of reads of
+unknown length (streams, block devices) are lazily committed anonymous mappings -- so
+``read(1 << 30)`` of a 100-byte file or pipe does not allocate a gigabyte.
 
 Operations that are served from memory (a read from the read-ahead buffer, a buffered write, a
 seek) are cancel points but not schedule points; everything that reaches the ring is both.  Each
@@ -69,8 +81,10 @@ import codecs
 import errno
 import io
 import locale
+import mmap
 import operator
 import os
+import select
 import stat as _stat
 import struct
 import sys
@@ -82,7 +96,7 @@ from typing import TYPE_CHECKING, Any, AnyStr, Final, overload
 from anyio import AsyncFile as _AnyioAsyncFile
 from anyio import CapacityLimiter as _AnyioCapacityLimiter
 
-from .._core._cancel import CancelScope, wait_operation, wait_owned_fd
+from .._core._cancel import CancelScope, end_and_reap, end_operation, wait_operation, wait_owned_fd
 from .._core._context import GLOBAL, current_runner
 from .._core._run import checkpoint_if_cancelled
 from .._core._sync import ParkingLot
@@ -93,7 +107,7 @@ from .._ring import OwnedFd
 if TYPE_CHECKING:
     from _typeshed import OpenBinaryMode, OpenTextMode, ReadableBuffer, WriteableBuffer
 
-    from .._ring import Ring
+    from .._ring import Operation, Ring
 
 __all__ = ["AsyncFile", "BufferedFile", "RawFile", "TextFile", "open_file"]
 
@@ -107,6 +121,14 @@ DEFAULT_BUFFER_SIZE: Final = io.DEFAULT_BUFFER_SIZE
 _TEXT_CHUNK_SIZE: Final = 8192  # CPython's C TextIOWrapper chunk size
 _MAX_RW: Final = 0x7FFFF000
 _STREAM_READ: Final = 64 * 1024
+#: Read buffers at least this large whose filling is speculative (the read of a stream or of a
+#: block device, whose length is unknown) are anonymous mappings: their pages cost memory only
+#: once the kernel writes them, as CPython's malloc()ed, never zeroed read buffers do.  Smaller
+#: ones are zeroed bytearrays.
+_LAZY_MIN: Final = 256 * 1024
+#: The range of ``off_t``: offsets outside it are rejected before any I/O, as CPython does.
+_OFF_MIN: Final = -(1 << 63)
+_OFF_MAX: Final = (1 << 63) - 1
 _CLOSED_IO: Final = "I/O operation on closed file"
 
 
@@ -135,6 +157,33 @@ def fspath(path: Any) -> str | bytes:
 
 def _unsupported(message: str) -> io.UnsupportedOperation:
     return io.UnsupportedOperation(message)
+
+
+def _check_off_t(value: int) -> None:
+    """``FileIO``'s conversion of an offset to ``off_t``: ``OverflowError`` outside its range."""
+    if not _OFF_MIN <= value <= _OFF_MAX:
+        raise OverflowError("Python int too large to convert to C long")
+
+
+def _alloc(n: int, lazy: bool) -> Any:
+    """A zeroed buffer of ``n`` bytes for a READ: a bytearray, or, when ``lazy`` and large, an
+    anonymous mapping (see ``_LAZY_MIN``).  Hand the result to :func:`_detach`."""
+    if lazy and n >= _LAZY_MIN:
+        try:
+            return mmap.mmap(-1, n)
+        except OSError:
+            raise MemoryError from None
+    return bytearray(n)
+
+
+def _detach(buf: Any, n: int) -> bytes:
+    """The first ``n`` bytes of a buffer from :func:`_alloc` (whose READ is over), as bytes."""
+    if type(buf) is bytearray:
+        if n < len(buf):
+            del buf[n:]
+        return bytes(buf)
+    data: bytes = buf[:n]
+    return data
 
 
 # struct statx (include/uapi/linux/stat.h): the fields os.stat() reports.
@@ -419,10 +468,17 @@ class RawFile(AsyncFile[bytes]):
         self._created = created
         self._closefd = closefd
         self._closed = False
+        #: Set by ``aclose()`` while another task holds the lock: no new operation may start.
+        self._closing = False
+        #: The last READ/WRITE submitted (a task is parked on it unless it is done): what
+        #: ``aclose()`` ends so as not to wait behind it.
+        self._op: Operation | None = None
         self._adopted = adopted
         mode, size, blksize = st
         #: Regular files and block devices get positional I/O at ``_pos``; streams use -1.
         self._positional = _stat.S_ISREG(mode) or _stat.S_ISBLK(mode)
+        #: Regular files: STATX's size is a (good) hint for how much a read can return.
+        self._regular = _stat.S_ISREG(mode)
         #: The kernel-side position of the next read/write; -1 = unknown (after an append).
         self._pos = pos
         #: The size as last seen (open, our writes, STATX): a hint for readall and EOF.
@@ -464,7 +520,7 @@ class RawFile(AsyncFile[bytes]):
         return self._closed
 
     def _check_closed(self, message: str = _CLOSED_IO) -> None:
-        if self._closed:
+        if self._closed or self._closing:
             raise ValueError(message)
 
     def fileno(self) -> int:
@@ -505,37 +561,62 @@ class RawFile(AsyncFile[bytes]):
 
     async def _pread(self, buf: Any) -> int:
         """One READ into ``buf`` at the position; advances it by what the kernel returned."""
+        if self._closing:
+            raise ValueError(_CLOSED_IO)  # aclose() is waiting for the lock: start nothing new
         if self._positional:
             if self._pos < 0:
                 await self._sync_pos()
-            op = self._ring.read(self._fd, buf, self._pos, self._read_sqe_flags)
+            op = self._op = self._ring.read(self._fd, buf, self._pos, self._read_sqe_flags)
             res = await wait_operation(op)
             if res < 0:
-                raise os_error(res)
+                raise self._op_error(res)
             self._pos += res
             return res
-        res = await wait_operation(self._ring.read(self._fd, buf, -1, self._read_sqe_flags))
+        op = self._op = self._ring.read(self._fd, buf, -1, self._read_sqe_flags)
+        res = await wait_operation(op)
         if res < 0:
-            raise os_error(res)
+            raise self._op_error(res)
         return res
 
     async def _pwrite(self, data: Any) -> int:
         """One WRITE of ``data`` at the position (at the end in append mode)."""
+        if self._closing:
+            raise ValueError(_CLOSED_IO)
         if self._appending or not self._positional:
-            res = await wait_operation(self._ring.write(self._fd, data, -1, self._write_sqe_flags))
+            op = self._op = self._ring.write(self._fd, data, -1, self._write_sqe_flags)
+            res = await wait_operation(op)
             if res < 0:
-                raise os_error(res)
+                raise self._op_error(res)
             if self._positional and res > 0:
                 self._pos = -1  # O_APPEND: the kernel put it at the end; STATX when needed
             return res
         if self._pos < 0:
             await self._sync_pos()
-        res = await wait_operation(self._ring.write(self._fd, data, self._pos, self._write_sqe_flags))
+        op = self._op = self._ring.write(self._fd, data, self._pos, self._write_sqe_flags)
+        res = await wait_operation(op)
         if res < 0:
-            raise os_error(res)
+            raise self._op_error(res)
         self._pos += res
         self._size = max(self._size, self._pos)
         return res
+
+    def _op_error(self, res: int) -> Exception:
+        """The exception for a failed READ/WRITE: the closed-file error if ``aclose()`` ended it."""
+        if self._closing:
+            return ValueError(_CLOSED_IO)
+        return os_error(res)
+
+    def _request(self, size: int, have: int = 0) -> int:
+        """How many bytes one READ for up to ``size`` bytes asks for (the position is known).
+
+        ``size`` itself, except that a large request on a regular file is bounded by the size
+        known from STATX: the rest past the position (+1, to see the end in the same READ), but
+        at least ``have`` (what this read already collected) and 64 KiB, so that a file that
+        grew meanwhile is read in growing chunks.  (Other files -- streams, block devices, whose
+        STATX size is 0 -- have no known size: their large buffers are lazy, see ``_LAZY_MIN``.)"""
+        if size > _STREAM_READ and self._regular:
+            return min(size, max(self._size - self._pos + 1, have, _STREAM_READ))
+        return size
 
     async def _fstat(self) -> os.stat_result:
         if self._statx:
@@ -590,13 +671,20 @@ class RawFile(AsyncFile[bytes]):
             new = await run_sync_in_thread(os.lseek, self._fd, pos, whence, limiter=self._limiter)
         else:
             raise os_error(-errno.EINVAL)
-        if new < 0:
-            raise os_error(-errno.EINVAL)
+        if new < 0 or new > _OFF_MAX:
+            raise os_error(-errno.EINVAL)  # what lseek answers (an off_t cannot hold it)
+        if new > self._size:
+            # Past the known end: let lseek check the kernel's limit (the file system's largest
+            # file, a block device's size) -- it raises EINVAL exactly when CPython's would.
+            # (It moves the fd's own position, which positional I/O never uses.)
+            os.lseek(self._fd, new, os.SEEK_SET)
         self._stash = bytearray()
         self._pos = new
         return new
 
     async def _truncate_u(self, size: int | None) -> int:
+        if size is not None:
+            _check_off_t(size)
         if self._positional and self._pos < 0:
             await self._sync_pos()  # the position after an append is the size *before* this
         if size is None:
@@ -628,6 +716,29 @@ class RawFile(AsyncFile[bytes]):
                 raise os_error(res)
         elif self._adopted and self._positional and self._pos >= 0:
             os.lseek(self._fd, self._pos, os.SEEK_SET)  # hand the position back to the fd
+
+    async def aclose(self) -> None:
+        """Close the file; shielded from cancellation (as in anyio).
+
+        It does not queue behind an operation another task is parked on (a read of a FIFO whose
+        writer is silent, a write to a full pipe): that operation is ended (its task gets the
+        ``ValueError`` of a closed file -- or, if the operation completed first, its result),
+        operations waiting for the file's lock get that error too, and the fd is closed after
+        the parked operation's final CQE (the parked task never sees the number reused)."""
+        with CancelScope(shield=True):
+            lock = self._lock
+            if lock._busy:
+                if not self._closed:
+                    self._closing = True  # nothing new starts (see _pread/_pwrite)
+                    if self._op is not None:
+                        end_operation(self._op)
+                await lock.wait()  # handed over once the holder has its final CQE
+            else:
+                lock._busy = True
+            try:
+                await self._close_u()
+            finally:
+                lock.release()
 
     def _close_sync(self) -> None:
         """Finalizer path (the file was never closed): plain system calls."""
@@ -663,13 +774,29 @@ class RawFile(AsyncFile[bytes]):
             return await self._readall_u()
         if self._stash:
             return self._take_stash(size)
-        buf = bytearray(min(size, _MAX_RW))
-        n = await self._pread(buf)
-        if n < len(buf):
-            del buf[n:]
-        return bytes(buf)
+        if size <= _STREAM_READ:  # the common case
+            buf = bytearray(size)
+            n = await self._pread(buf)
+            if n < size:
+                del buf[n:]
+            return bytes(buf)
+        size = min(size, _MAX_RW)
+        if self._regular:
+            return await self._read_upto(size)  # a large read: sized from the file's size
+        # One READ (a stream's large buffer is lazy: it costs what the kernel writes into it).
+        buf = _alloc(size, True)
+        return _detach(buf, await self._pread(buf))
 
     async def _readall_u(self) -> bytes:
+        return await self._read_upto(-1)
+
+    async def _read_upto(self, limit: int) -> bytes:
+        """Read until the end of the file, or until ``limit`` bytes (``-1``: no limit; a limit
+        only for regular files, whose reads never wait).
+
+        Regular files: one READ of the known rest (+1, to see the end) does it, unless the file
+        grew; streams: growing chunks.  Bytes of the READs that completed wait in the stash if
+        a later one is interrupted (the next read returns them first)."""
         if self._positional:
             if self._pos < 0:
                 await self._sync_pos()
@@ -678,17 +805,19 @@ class RawFile(AsyncFile[bytes]):
             request = _STREAM_READ
         stash = self._stash
         while True:
-            buf = bytearray(min(request, _MAX_RW))
+            if limit >= 0:
+                request = min(request, limit - len(stash))
+            buf = _alloc(min(request, _MAX_RW), not self._regular)
             n = await self._pread(buf)
             if n == 0:
                 break
-            if not stash and (n < len(buf) and self._at_eof(len(buf), n)):
-                del buf[n:]
-                return bytes(buf)  # the common case: one read did it
-            stash += memoryview(buf)[:n]
-            if self._at_eof(len(buf), n):
+            if not stash and (n == limit or (n < len(buf) and self._at_eof(len(buf), n))):
+                return _detach(buf, n)  # the common case: one read did it
+            with memoryview(buf) as view:
+                stash += view[:n]
+            if self._at_eof(len(buf), n) or len(stash) == limit:
                 break
-            request = max(request, len(stash))  # grow geometrically
+            request = max(request, len(stash), _STREAM_READ)  # grow geometrically
         return self._take_stash(-1)
 
     async def _readinto_u(self, view: memoryview) -> int:
@@ -795,6 +924,8 @@ class RawFile(AsyncFile[bytes]):
         how = _int_arg(whence)
         async with self._lock:
             self._check_closed()
+            if pos > _OFF_MAX or pos < _OFF_MIN:
+                _check_off_t(pos)
             await checkpoint_if_cancelled()
             return await self._seek_u(pos, how)
 
@@ -918,18 +1049,26 @@ class BufferedFile(AsyncFile[bytes]):
         del rbuf[:n]
         return data
 
-    async def _fill(self, size: int) -> int:
-        """One raw read of ``size`` bytes appended to the read-ahead buffer."""
-        chunk = bytearray(min(size, _MAX_RW))
-        n = await self._raw._pread(chunk)
+    async def _fill(self, size: int) -> tuple[int, bool]:
+        """One raw read of up to ``size`` bytes appended to the read-ahead buffer: (the bytes
+        read, whether that was the end of the file).  The chunk is sized by ``raw._request``
+        (a regular file's known size bounds it) and is lazy for streams."""
+        raw = self._raw
+        if raw._positional and raw._pos < 0:
+            await raw._sync_pos()
+        request = raw._request(min(size, _MAX_RW), len(self._rbuf))
+        chunk = _alloc(request, not raw._regular)
+        n = await raw._pread(chunk)
         if n:
-            if n < len(chunk):
-                del chunk[n:]
-            if self._rbuf:
-                self._rbuf += chunk
+            if type(chunk) is not bytearray:
+                self._rbuf += chunk[:n]
+            elif self._rbuf:
+                self._rbuf += memoryview(chunk)[:n]
             else:
+                if n < len(chunk):
+                    del chunk[n:]
                 self._rbuf = chunk
-        return n
+        return n, raw._at_eof(request, n)
 
     async def _prepare_read(self) -> None:
         if self._wbuf:
@@ -957,8 +1096,17 @@ class BufferedFile(AsyncFile[bytes]):
             await self._flush_u()
         raw = self._raw
         bs = self._buffer_size
-        if not rbuf and not n % bs and n <= _MAX_RW and raw._positional and raw._pos >= 0:
+        if (
+            not rbuf
+            and not n % bs
+            and n <= _MAX_RW
+            and raw._positional
+            and raw._pos >= 0
+            and (n <= _STREAM_READ or raw._pos + n <= raw._size or not raw._regular)
+        ):
             # The hot path: whole blocks, nothing buffered -- one READ straight into the result.
+            # (A large request past a regular file's known end goes below, in chunks sized
+            # from the file.)
             chunk = bytearray(n)
             res = await wait_operation(raw._ring.read(raw._fd, chunk, raw._pos, raw._read_sqe_flags))
             if res < 0:
@@ -976,13 +1124,13 @@ class BufferedFile(AsyncFile[bytes]):
             block = remaining - remaining % bs
             if block <= 0:
                 break
-            got = await self._fill(block)
-            if raw._at_eof(block, got):
+            got, eof = await self._fill(block)
+            if eof:
                 return self._take(n)
         fresh = 0
         while len(self._rbuf) < n and fresh < bs:
-            got = await self._fill(bs - fresh)
-            if raw._at_eof(bs - fresh, got):
+            got, eof = await self._fill(bs - fresh)
+            if eof:
                 break
             fresh += got
         return self._take(n)
@@ -993,7 +1141,6 @@ class BufferedFile(AsyncFile[bytes]):
         n = len(view)
         if len(self._rbuf) < n:
             await self._prepare_read()
-            raw = self._raw
             bs = self._buffer_size
             fresh = 0
             while len(self._rbuf) < n:
@@ -1001,8 +1148,8 @@ class BufferedFile(AsyncFile[bytes]):
                 request = remaining if remaining > bs else bs - fresh
                 if request <= 0:
                     break
-                got = await self._fill(request)
-                if raw._at_eof(request, got):
+                got, eof = await self._fill(request)
+                if eof:
                     break
                 if remaining <= bs:
                     fresh += got
@@ -1034,8 +1181,8 @@ class BufferedFile(AsyncFile[bytes]):
         else:
             request = max(self._buffer_size, _STREAM_READ)
         while True:
-            got = await self._fill(request)
-            if raw._at_eof(request, got):
+            _, eof = await self._fill(request)
+            if eof:
                 break
             request = max(request, len(self._rbuf))
         return self._take(len(self._rbuf))
@@ -1048,11 +1195,11 @@ class BufferedFile(AsyncFile[bytes]):
         if self._rbuf:
             return self._take(n)
         await self._prepare_read()
-        buf = bytearray(min(n, _MAX_RW))
-        got = await self._raw._pread(buf)
-        if got < len(buf):
-            del buf[got:]
-        return bytes(buf)
+        raw = self._raw
+        if raw._positional and raw._pos < 0:
+            await raw._sync_pos()
+        buf = _alloc(raw._request(min(n, _MAX_RW)), not raw._regular)
+        return _detach(buf, await raw._pread(buf))
 
     async def _readinto1_u(self, view: memoryview) -> int:
         """CPython's readinto1: the buffered bytes, then (if more are wanted) at most one raw
@@ -1068,10 +1215,14 @@ class BufferedFile(AsyncFile[bytes]):
             if n - have > self._buffer_size:
                 # One raw read into a scratch buffer: the bytes go to the caller only together
                 # with the buffered ones, so a cancellation loses nothing.
-                chunk = bytearray(n - have)
-                got = await self._raw._pread(chunk)
+                raw = self._raw
+                if raw._positional and raw._pos < 0:
+                    await raw._sync_pos()
+                chunk = _alloc(raw._request(n - have), not raw._regular)
+                got = await raw._pread(chunk)
                 view[: len(rbuf)] = rbuf
-                view[have : have + got] = memoryview(chunk)[:got]
+                with memoryview(chunk) as scratch:
+                    view[have : have + got] = scratch[:got]
                 self._rbuf = bytearray()
                 return have + got
             await self._fill(self._buffer_size)
@@ -1082,15 +1233,14 @@ class BufferedFile(AsyncFile[bytes]):
     async def _readline_u(self) -> bytes:
         await self._prepare_read()
         searched = 0
-        raw = self._raw
         request = self._buffer_size
         while True:
             i = self._rbuf.find(b"\n", searched)
             if i >= 0:
                 return self._take(i + 1)
             searched = len(self._rbuf)
-            got = await self._fill(request)
-            if got == 0 or (raw._at_eof(request, got) and self._rbuf.find(b"\n", searched) < 0):
+            got, eof = await self._fill(request)
+            if got == 0 or (eof and self._rbuf.find(b"\n", searched) < 0):
                 return self._take(len(self._rbuf))
 
     async def _write_u(self, view: memoryview) -> int:
@@ -1292,13 +1442,14 @@ class BufferedFile(AsyncFile[bytes]):
         if (
             type(offset) is int
             and whence == 0
-            and offset >= 0
+            and 0 <= offset <= raw._size
             and not lock._busy
             and not self._wbuf
             and raw._positional
             and not raw._closed
         ):
-            # The hot path: an absolute seek is bookkeeping (a cancel point, no I/O).
+            # The hot path: an absolute seek inside the file is bookkeeping (a cancel point, no
+            # I/O); past the known end, the raw layer checks the kernel's limit.
             if _cancel_pending():
                 await checkpoint_if_cancelled()
             rbuf = self._rbuf
@@ -1318,6 +1469,8 @@ class BufferedFile(AsyncFile[bytes]):
                 raise _unsupported("File or stream is not seekable.")
             target = _int_arg(offset)
             how = _int_arg(whence)
+            if not _OFF_MIN <= target <= _OFF_MAX:  # PyNumber_AsOff_t(target, ValueError)
+                raise ValueError(f"cannot fit '{type(offset).__name__}' into an offset-sized integer")
             await checkpoint_if_cancelled()
             return await self._seek_u(target, how)
 
@@ -1373,7 +1526,7 @@ def _parse_cookie(cookie: int) -> tuple[int, int, int, int, bool]:
     try:
         raw = cookie.to_bytes(_COOKIE.size, "little")
     except OverflowError:
-        raise OverflowError("cookie out of range") from None
+        raise OverflowError("int too big to convert") from None  # CPython's message
     start_pos, dec_flags, bytes_to_feed, chars_to_skip, need_eof = _COOKIE.unpack(raw)
     return start_pos, dec_flags, bytes_to_feed, chars_to_skip, bool(need_eof)
 
@@ -2010,6 +2163,8 @@ async def _open_raw(
             st = (full.st_mode, full.st_size, full.st_blksize)
         if _stat.S_ISDIR(st[0]):
             raise os_error(-errno.EISDIR, file)
+        if _stat.S_ISFIFO(st[0]) and not adopted and flags & os.O_ACCMODE == os.O_RDONLY:
+            await _fifo_wait_for_writer(ring, fd, file)
         positional = _stat.S_ISREG(st[0]) or _stat.S_ISBLK(st[0])
         pos = 0
         if mode.appending and positional:
@@ -2036,6 +2191,51 @@ async def _open_raw(
         if owned is not None and owned.owned:
             await wait_operation(ring.close_fd(owned.take()))  # CLOSE: never withdrawn
         raise
+
+
+async def _fifo_wait_for_writer(ring: Ring, fd: int, file: Any) -> None:
+    """Make opening a FIFO for reading wait until a writer has opened it, as ``open(2)`` does.
+
+    The OPENAT may not have waited: io_uring first tries it inline with ``O_NONBLOCK`` added
+    (and cleared afterwards), and a FIFO opened so for reading needs no writer.  So, holding
+    ``fd`` (a reader: writers' opens do not wait, and a writer that was waiting is released):
+
+    * ``POLLHUP`` on ``fd`` means a writer came and left since ``fd`` was opened (a FIFO
+      opened with ``O_NONBLOCK`` and no writer reports no hang-up until one has been there;
+      data alone proves nothing: a writer gone before the open may have left it): done;
+    * otherwise the FIFO is opened again -- ``/proc/self/fd/N``, the very same one -- in io-wq
+      (``IOSQE_ASYNC``), where the open blocks like ``open(2)``: until a writer opens, or not at
+      all if one is there.  A ``POLL_ADD`` for ``POLLHUP`` on ``fd`` runs meanwhile: a writer
+      that comes and leaves before that open looks would make it wait for the *next* writer, so
+      the poll's completion ends the open.  The second fd is closed at once.
+
+    Cancellable: ``ASYNC_CANCEL`` interrupts io-wq's wait."""
+    poller = select.poll()
+    poller.register(fd, 0)  # POLLHUP (and POLLERR) are always reported
+    if poller.poll(0):
+        return
+    target = f"/proc/self/fd/{fd}" if os.path.isdir("/proc/self/fd") else file
+    reopen = ring.openat(AT_FDCWD, target, os.O_RDONLY | os.O_CLOEXEC, 0, IOSQE_ASYNC)
+    watch = ring.poll_add(fd, 0)  # completes on POLLHUP (the kernel always adds it)
+    seen = False
+
+    def writer_seen(op: Operation) -> None:
+        nonlocal seen
+        seen = True
+        end_operation(reopen)
+
+    watch.callback = writer_seen
+    try:
+        res = await wait_operation(reopen)
+    finally:
+        watch.callback = None
+        await end_and_reap(watch)  # fd stays open (and its number ours) until its final CQE
+    if res >= 0:
+        os.close(res)  # a FIFO's close never blocks
+        return
+    if seen:
+        return  # ended by the poll: a writer has been there
+    raise os_error(res, file)
 
 
 async def _close_quietly(f: AsyncFile[Any]) -> None:
