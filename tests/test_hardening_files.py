@@ -15,7 +15,6 @@ from pathlib import Path as SyncPath
 from typing import Any
 
 import pytest
-from anyio_uring._fs._files import IOSQE_ASYNC
 
 import anyio_uring
 from anyio_uring import (
@@ -28,6 +27,7 @@ from anyio_uring import (
     wait_all_tasks_blocked,
 )
 from anyio_uring._core._run import current_runner
+from anyio_uring._fs._files import IOSQE_ASYNC
 from anyio_uring._ring import Ring
 from test_files_parity import Api, Recorder, assert_same, run_both
 

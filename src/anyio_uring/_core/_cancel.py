@@ -570,7 +570,7 @@ async def end_and_reap(op: Operation) -> int:
         op.ring.cancel(op)
     with CancelScope(shield=True):
         result = await wait_operation(op)
-    return result
+    return result  # noqa: RET504 -- a return inside the scope: mypy sees __exit__ may swallow
 
 
 async def wait_operation(op: Operation) -> int:
