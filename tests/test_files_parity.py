@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -681,6 +682,10 @@ async def path_queries(api: Api, d: SyncPath, rec: Recorder) -> None:
             await rec(f"{name}-{method}", getattr(p, method))
     await rec("null-exists", api.Path(str(d) + "/a\0b").exists)
     await rec("null-stat", api.Path(str(d) + "/a\0b").stat)
+    await rec("null-stat-nofollow", api.Path(str(d) + "/a\0b").stat, follow_symlinks=False)
+    await rec("null-lstat", api.Path(str(d) + "/a\0b").lstat)
+    await rec("null-is_symlink", api.Path(str(d) + "/a\0b").is_symlink)
+    await rec("null-samefile", api.Path(d / "file").samefile, str(d) + "/a\0b")
     await rec("devnull", api.Path("/dev/null").is_char_device)
     await rec("root-mount", api.Path("/").is_mount)
     await rec("samefile", api.Path(d / "link").samefile, d / "file")
@@ -696,6 +701,7 @@ async def path_queries(api: Api, d: SyncPath, rec: Recorder) -> None:
     await rec("expanduser", api.Path("~").expanduser)
     await rec("home", api.Path.home)
     await rec("cwd", api.Path.cwd)
+    await _version_specific_queries(api, d, rec)
     entries = sorted([str(p).replace(str(d), "<root>") async for p in api.Path(d).iterdir()])
     rec.note("iterdir", entries)
     entries = sorted([str(p).replace(str(d), "<root>") async for p in api.Path(d).glob("*i*")])
@@ -708,6 +714,51 @@ async def path_queries(api: Api, d: SyncPath, rec: Recorder) -> None:
     fields = [f for f in dir(real) if f.startswith("st_")]
     rec.note("stat-fields", [(f, getattr(ours, f) == getattr(real, f)) for f in fields])
     rec.note("stat-tuple", tuple(ours) == tuple(real))
+
+
+async def _version_specific_queries(api: Api, d: SyncPath, rec: Recorder) -> None:
+    """The parameters and methods pathlib (and so anyio.Path) gained in 3.12 and 3.13."""
+    (d / "tree" / "Sub").mkdir(parents=True)
+    (d / "tree" / "Sub" / "x.TXT").write_text("x")
+    (d / "tree" / "y.txt").write_text("y")
+    os.symlink(d / "tree", d / "treelink")
+    os.symlink(d / "dir", d / "dirlink")
+
+    async def listing(label: str, it: Any) -> None:
+        rec.note(label, sorted([str(p).replace(str(d), "<root>") async for p in it]))
+
+    if sys.version_info >= (3, 12):
+        for name in ("file", "link", "broken", "loop1", "missing"):
+            p = api.Path(d / name)
+            await rec(f"{name}-exists-nofollow", p.exists, follow_symlinks=False)
+        for sensitive in (None, True, False):
+            await listing(
+                f"glob-case-{sensitive}", api.Path(d / "tree").glob("*/*.txt", case_sensitive=sensitive)
+            )
+            await listing(f"rglob-case-{sensitive}", api.Path(d).rglob("*.txt", case_sensitive=sensitive))
+    if sys.version_info >= (3, 13):
+        for name in ("file", "link", "dir", "dirlink", "broken", "missing"):
+            p = api.Path(d / name)
+            await rec(f"{name}-is_dir-nofollow", p.is_dir, follow_symlinks=False)
+            await rec(f"{name}-is_file-nofollow", p.is_file, follow_symlinks=False)
+        await rec("owner-nofollow", api.Path(d / "broken").owner, follow_symlinks=False)
+        await rec("group-nofollow", api.Path(d / "broken").group, follow_symlinks=False)
+        await rec("owner-broken", api.Path(d / "broken").owner)
+        for recurse in (False, True):
+            await listing(f"glob-recurse-{recurse}", api.Path(d).glob("**/*.txt", recurse_symlinks=recurse))
+            await listing(f"rglob-recurse-{recurse}", api.Path(d).rglob("*.TXT", recurse_symlinks=recurse))
+        await listing("glob-pathlike", api.Path(d).glob(SyncPath("tree", "*")))
+        uri = (d / "file").as_uri()
+        await rec("from_uri", api.Path.from_uri, uri)
+        await rec("from_uri-class", lambda: type(api.Path.from_uri(uri)) is api.Path)
+        await rec("from_uri-stat", lambda: api.Path.from_uri(uri).stat())
+        await rec("from_uri-relative", api.Path.from_uri, "file:file")
+        await rec("from_uri-http", api.Path.from_uri, "http://example.com/file")
+        await rec("from_uri-limiter", lambda: api.Path.from_uri(uri, limiter=5))
+        (d / "nl.txt").write_bytes(b"a\r\nb\rc\n")
+        for newline in (None, "", "\n", "\r", "\r\n"):
+            await rec(f"read_text-newline-{newline!r}", api.Path(d / "nl.txt").read_text, newline=newline)
+        await rec("read_text-bad-newline", api.Path(d / "nl.txt").read_text, newline="x")
 
 
 @scenario
@@ -780,6 +831,24 @@ async def path_mutations(api: Api, d: SyncPath, rec: Recorder) -> None:
     await rec("open-read", f.read)
     await f.aclose()
     await rec("open-missing", P(d / "missing").open)
+    nul = str(d) + "/a\0b"
+    await rec("null-mkdir", P(nul).mkdir)
+    await rec("null-mkdir-parents", P(nul + "/c").mkdir, parents=True, exist_ok=True)
+    await rec("null-rmdir", P(nul).rmdir)
+    await rec("null-unlink", P(nul).unlink)
+    await rec("null-unlink-missing-ok", P(nul).unlink, missing_ok=True)
+    await rec("null-rename-src", P(nul).rename, d / "w2.txt")
+    await rec("null-rename-dst", P(d / "w2.txt").rename, nul)
+    await rec("null-replace-dst", P(d / "w2.txt").replace, nul)
+    await rec("null-symlink_to-link", P(nul).symlink_to, d / "w2.txt")
+    await rec("null-symlink_to-target", P(d / "sl9").symlink_to, nul)
+    await rec("null-hardlink_to-link", P(nul).hardlink_to, d / "w2.txt")
+    await rec("null-hardlink_to-target", P(d / "hl9").hardlink_to, nul)
+    await rec("null-touch", P(nul).touch)
+    await rec("null-touch-excl", P(nul).touch, exist_ok=False)
+    await rec("null-chmod", P(nul).chmod, 0o600)
+    await rec("null-readlink", P(nul).readlink)
+    await rec("null-open", P(nul).open)
     await rec("open-bad-mode", P(d / "w2.txt").open, "rw")
     walked = []
     if hasattr(P, "walk"):
@@ -836,6 +905,9 @@ def test_every_anyio_method_is_overridden() -> None:
             owner = next(k for k in cls.__mro__ if name in vars(k))
             assert owner is not anyio.AsyncFile, f"{cls.__name__}.{name} is anyio's"
     assert issubclass(AsyncFile, anyio.AsyncFile)
+    # Classmethods that do no I/O and return ``cls(...)``: inheriting them is right (3.13's
+    # from_uri only parses the URI; path_queries checks that it gives an anyio_uring.Path).
+    pure_classmethods = {"from_uri"}
     for name, value in vars(anyio.Path).items():
         if (
             inspect.iscoroutinefunction(value)
@@ -843,5 +915,5 @@ def test_every_anyio_method_is_overridden() -> None:
             or name in ("glob", "rglob")
         ):
             assert name in vars(anyio_uring.Path), f"Path.{name} is anyio's"
-        if isinstance(value, classmethod):
+        if isinstance(value, classmethod) and name not in pure_classmethods:
             assert name in vars(anyio_uring.Path), f"Path.{name} is anyio's"

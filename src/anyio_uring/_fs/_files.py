@@ -418,13 +418,18 @@ def _readable_view(b: Any) -> memoryview:
     return view
 
 
-def _writable_view(b: Any, what: str = "readinto") -> memoryview:
+#: How ``io.FileIO.readinto`` names its argument in its ``TypeError`` (Argument Clinic says
+#: "argument 1" since 3.12; the buffered classes still say "argument").
+_FILEIO_READINTO_ARGUMENT: Final = "argument 1" if sys.version_info >= (3, 12) else "argument"
+
+
+def _writable_view(b: Any, what: str = "readinto", argument: str = "argument") -> memoryview:
     try:
         view = memoryview(b)
     except TypeError:
         view = None
     if view is None or view.readonly:
-        raise TypeError(f"{what}() argument must be read-write bytes-like object, not {type(b).__name__}")
+        raise TypeError(f"{what}() {argument} must be read-write bytes-like object, not {type(b).__name__}")
     if view.ndim != 1 or view.format not in ("B", "b", "c"):
         view = view.cast("B")
     return view
@@ -874,7 +879,7 @@ class RawFile(AsyncFile[bytes]):
         raise self._no_attribute("read1")
 
     async def readinto(self, b: WriteableBuffer) -> int:
-        view = _writable_view(b)
+        view = _writable_view(b, argument=_FILEIO_READINTO_ARGUMENT)
         async with self._lock:
             self._check_closed()
             self._check_readable()

@@ -37,7 +37,8 @@ method                                  how
 ======================================  ==================================================
 
 The ring paths raise exactly what the ``os`` functions raise (same ``OSError`` subclass, errno,
-``filename`` and ``filename2``).  ``STATX``, when masked or missing, falls back to ``os.stat``
+``filename`` and ``filename2``; for a path with a NUL byte, the ``ValueError`` of the running
+CPython, whose text changed in 3.13).  ``STATX``, when masked or missing, falls back to ``os.stat``
 in a worker thread.
 """
 
@@ -63,7 +64,6 @@ from ._files import (
     STATX_BASIC_STATS,
     AsyncFile,
     capabilities,
-    fspath,
     open_any,
     os_error,
     ring_stat,
@@ -93,8 +93,28 @@ def _raw_path(path: object) -> Any:
     return path
 
 
-def _fs(path: Any) -> str | bytes:
-    return fspath(path)
+def _nul_error(os_func: Callable[..., object], *paths: str | bytes) -> ValueError:
+    """The ``ValueError`` that ``os_func(*paths)`` raises for a path with a NUL byte.
+
+    CPython's text depends on the version, the type and the argument ("embedded null byte" on
+    3.11 and 3.12 for ``str``; "rename: embedded null character in dst" on 3.13, for example),
+    so it is taken from CPython itself.  ``os_func`` fails in its argument conversion, before any
+    system call.
+    """
+    try:
+        os_func(*paths)
+    except ValueError as exc:
+        return exc
+    raise AssertionError(f"{os_func!r} accepted a path with a NUL byte: {paths!r}")
+
+
+def _fs(os_func: Callable[..., object], *paths: Any) -> list[str | bytes]:
+    """``os.fspath`` of each path; a NUL byte in one raises what ``os_func(*paths)`` raises, as
+    pathlib does (``os_func`` is the ``os`` function that pathlib calls for the method)."""
+    result: list[str | bytes] = [os.fspath(path) for path in paths]
+    if any(("\0" if isinstance(path, str) else b"\0") in path for path in result):  # type: ignore[operator]
+        raise _nul_error(os_func, *result) from None
+    return result
 
 
 P = TypeVar("P", bound="Path")
@@ -133,7 +153,7 @@ class Path(anyio.Path):
         except AttributeError:
             raw = os.fsencode(self._path)
             if b"\0" in raw:
-                raise ValueError("embedded null byte") from None
+                raise _nul_error(os.stat, os.fspath(self._path)) from None
             self._encoded = raw
             return raw
 
@@ -225,7 +245,7 @@ class Path(anyio.Path):
     # -- directory entries -------------------------------------------------------------------
 
     async def mkdir(self, mode: int = 0o777, parents: bool = False, exist_ok: bool = False) -> None:
-        path = _fs(self._path)
+        [path] = _fs(os.mkdir, self._path)
         res = await wait_operation(_ring().mkdirat(AT_FDCWD, path, mode))
         if res >= 0:
             return
@@ -242,44 +262,47 @@ class Path(anyio.Path):
                 raise
 
     async def rmdir(self) -> None:
-        path = _fs(self._path)
+        [path] = _fs(os.rmdir, self._path)
         res = await wait_operation(_ring().unlinkat(AT_FDCWD, path, AT_REMOVEDIR))
         if res < 0:
             raise os_error(res, path)
 
     async def unlink(self, missing_ok: bool = False) -> None:
-        path = _fs(self._path)
+        [path] = _fs(os.unlink, self._path)
         res = await wait_operation(_ring().unlinkat(AT_FDCWD, path, 0))
         if res < 0 and not (missing_ok and res == -errno.ENOENT):
             raise os_error(res, path)
 
     async def rename(self, target: str | pathlib.PurePath | anyio.Path) -> Self:
+        return await self._rename(target, os.rename)
+
+    async def replace(self, target: str | pathlib.PurePath | anyio.Path) -> Self:
+        return await self._rename(target, os.replace)
+
+    async def _rename(self, target: Any, os_func: Callable[..., object]) -> Self:
         target = _raw_path(target)
-        src, dst = _fs(self._path), _fs(target)
+        src, dst = _fs(os_func, self._path, target)
         res = await wait_operation(_ring().renameat(AT_FDCWD, src, AT_FDCWD, dst))
         if res < 0:
             raise os_error(res, src, dst)
         return type(self)(target, limiter=self._limiter)
 
-    async def replace(self, target: str | pathlib.PurePath | anyio.Path) -> Self:
-        return await self.rename(target)
-
     async def symlink_to(
         self, target: str | bytes | os.PathLike[str] | os.PathLike[bytes], target_is_directory: bool = False
     ) -> None:
-        tgt, link = _fs(_raw_path(target)), _fs(self._path)
+        tgt, link = _fs(os.symlink, _raw_path(target), self._path)
         res = await wait_operation(_ring().symlinkat(tgt, AT_FDCWD, link))
         if res < 0:
             raise os_error(res, tgt, link)
 
     async def hardlink_to(self, target: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> None:
-        src, dst = _fs(_raw_path(target)), _fs(self._path)
+        src, dst = _fs(os.link, _raw_path(target), self._path)
         res = await wait_operation(_ring().linkat(AT_FDCWD, src, AT_FDCWD, dst, 0))
         if res < 0:
             raise os_error(res, src, dst)
 
     async def touch(self, mode: int = 0o666, exist_ok: bool = True) -> None:
-        path = _fs(self._path)
+        [path] = _fs(os.utime if exist_ok else partial(os.open, flags=os.O_RDONLY), self._path)
         if exist_ok:
             try:
                 await self._thread(os.utime, path, None)  # no utimensat opcode
@@ -429,14 +452,14 @@ class Path(anyio.Path):
 
     if sys.version_info >= (3, 13):
 
-        def glob(  # type: ignore[override]
+        def glob(
             self, pattern: str | os.PathLike[str], *, case_sensitive: bool | None = None,
             recurse_symlinks: bool = False,
         ) -> AsyncIterator[Self]:  # fmt: skip
             gen = self._path.glob(pattern, case_sensitive=case_sensitive, recurse_symlinks=recurse_symlinks)  # type: ignore[arg-type]
             return _PathIterator(gen, self)
 
-        def rglob(  # type: ignore[override]
+        def rglob(
             self, pattern: str | os.PathLike[str], *, case_sensitive: bool | None = None,
             recurse_symlinks: bool = False,
         ) -> AsyncIterator[Self]:  # fmt: skip
@@ -445,10 +468,10 @@ class Path(anyio.Path):
 
     elif sys.version_info >= (3, 12):
 
-        def glob(self, pattern: str, *, case_sensitive: bool | None = None) -> AsyncIterator[Self]:  # type: ignore[override]
+        def glob(self, pattern: str, *, case_sensitive: bool | None = None) -> AsyncIterator[Self]:
             return _PathIterator(self._path.glob(pattern, case_sensitive=case_sensitive), self)
 
-        def rglob(self, pattern: str, *, case_sensitive: bool | None = None) -> AsyncIterator[Self]:  # type: ignore[override]
+        def rglob(self, pattern: str, *, case_sensitive: bool | None = None) -> AsyncIterator[Self]:
             return _PathIterator(self._path.rglob(pattern, case_sensitive=case_sensitive), self)
 
     else:
@@ -461,7 +484,7 @@ class Path(anyio.Path):
 
     if sys.version_info >= (3, 12):
 
-        async def walk(  # type: ignore[override]
+        async def walk(
             self,
             top_down: bool = True,
             on_error: Callable[[OSError], object] | None = None,
@@ -483,7 +506,7 @@ class Path(anyio.Path):
 
     if sys.version_info >= (3, 14):  # pragma: no cover - not the development interpreter
 
-        async def copy(  # type: ignore[override]
+        async def copy(
             self,
             target: str | os.PathLike[str],
             *,
@@ -495,7 +518,7 @@ class Path(anyio.Path):
             )
             return type(self)(await self._thread(func, pathlib.Path(target)), limiter=self._limiter)
 
-        async def copy_into(  # type: ignore[override]
+        async def copy_into(
             self,
             target_dir: str | os.PathLike[str],
             *,
@@ -507,9 +530,9 @@ class Path(anyio.Path):
             )
             return type(self)(await self._thread(func, pathlib.Path(target_dir)), limiter=self._limiter)
 
-        async def move(self, target: str | os.PathLike[str]) -> Self:  # type: ignore[override]
+        async def move(self, target: str | os.PathLike[str]) -> Self:
             moved = await self._thread(self._path.move, pathlib.Path(target))
             return type(self)(moved, limiter=self._limiter)
 
-        async def move_into(self, target_dir: str | os.PathLike[str]) -> Self:  # type: ignore[override]
+        async def move_into(self, target_dir: str | os.PathLike[str]) -> Self:
             return type(self)(await self._thread(self._path.move_into, target_dir), limiter=self._limiter)
