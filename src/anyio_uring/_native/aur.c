@@ -284,6 +284,7 @@ int aur_setup(aur_ring *r, uint32_t entries, uint32_t cq_entries, uint32_t allow
     r->use_ext_arg = (allow & AUR_ALLOW_EXT_ARG) && (p.features & AUR_FEAT_EXT_ARG);
     r->use_cqe_skip = (allow & AUR_ALLOW_CQE_SKIP) && (p.features & AUR_FEAT_CQE_SKIP);
     r->timeout_pending = 0;
+    r->owner_thread = (uint64_t)pthread_self();
     int err = map_rings(r, &p);
     if (err < 0) {
         close(fd);
@@ -342,6 +343,9 @@ int aur_probe(aur_ring *r, uint8_t *ops)
 
 /* ============================================================================ submission side */
 
+/* Nonzero if the calling thread may not use the ring (checked before anything is touched). */
+static inline int wrong_thread(const aur_ring *r) { return (uint64_t)pthread_self() != r->owner_thread; }
+
 static uint32_t sq_pending(aur_ring *r) { return (uint32_t)r->sq_written - LOAD_ACQ(r->sq_khead); }
 
 static void publish(aur_ring *r)
@@ -356,6 +360,8 @@ int aur_submit(aur_ring *r)
 {
     if (r->closed || r->forked)
         return -EBADFD;
+    if (wrong_thread(r))
+        return -AUR_EWRONGTHREAD;
     publish(r);
     uint32_t n = sq_pending(r);
     return n ? ring_enter(r, n, 0, 0, NULL, 0) : 0;
@@ -366,6 +372,10 @@ static struct aur_sqe *get_sqe(aur_ring *r, int64_t *slot)
 {
     if (r->closed || r->forked) {
         *slot = -EBADFD;
+        return NULL;
+    }
+    if (wrong_thread(r)) {
+        *slot = -AUR_EWRONGTHREAD;
         return NULL;
     }
     if (sq_pending(r) >= r->sq_entries) {
@@ -388,7 +398,7 @@ static struct aur_sqe *get_sqe(aur_ring *r, int64_t *slot)
 
 int aur_withdraw(aur_ring *r, int64_t slot, uint64_t user_data)
 {
-    if (r->closed || r->forked || slot < 0)
+    if (r->closed || r->forked || slot < 0 || wrong_thread(r))
         return 0;
     if ((uint64_t)slot < r->sq_published || (uint64_t)slot >= r->sq_written)
         return 0;
@@ -411,7 +421,7 @@ int aur_withdraw(aur_ring *r, int64_t slot, uint64_t user_data)
         return slot;                                                                            \
     s->opcode = (OPCODE);                                                                       \
     s->flags = (uint8_t)sqe_flags;                                                              \
-    s->user_data = ud;
+    s->user_data = ud != AUR_UD_FROM_SLOT ? ud : (uint64_t)slot + 1;
 #define PREP_END return slot;
 #define PTR(p) ((uint64_t)(uintptr_t)(p))
 
@@ -637,6 +647,8 @@ int aur_wait(aur_ring *r, uint32_t wait_nr, int64_t timeout_ns, aur_cqe *out, ui
 {
     if (r->closed || r->forked)
         return -EBADFD;
+    if (wrong_thread(r))
+        return -AUR_EWRONGTHREAD;
     r->more = 0;
     uint32_t n = copy_cqes(r, out, max);
     if (n > 0 || timeout_ns == 0)

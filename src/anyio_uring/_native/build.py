@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Final
 
 from cffi import FFI
 
@@ -34,11 +35,73 @@ def _cdef_text() -> str:
     return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
 
+#: The C functions that make a system call that can take a while: only these release the GIL.
+#: ``aur_wait`` releases it only when it may sleep or has SQEs to submit (``_WAIT_MAY_BLOCK``): a
+#: poll with nothing to submit runs with the GIL held and usually makes no system call at all.
+#: Everything else -- ``aur_prep_*`` (which only submit early, never wait, when the SQ is full),
+#: ``aur_withdraw``, ``aur_cq_ready``, the ``aur_pbuf_*`` ring writes -- touches memory only, and
+#: dropping and re-taking the GIL (two mutex round trips, ~400 instructions) would cost more than
+#: the call itself (KERNEL-FACTS section 6).
+RELEASE_GIL: Final = (
+    "aur_setup",
+    "aur_close",
+    "aur_ring_free",
+    "aur_probe",
+    "aur_submit",
+    "aur_pbuf_register",
+    "aur_pbuf_unregister",
+    "aur_pbuf_head",
+)
+_WAIT_MAY_BLOCK: Final = "(timeout_ns != 0 && wait_nr != 0) || r->sq_written != r->sq_published"
+
+
+def _releasing(decl: re.Match[str], condition: str | None = None) -> str:
+    """A static wrapper that calls ``name`` with the GIL released (if ``condition`` holds), and
+    the function-like macro that routes cffi's generated call ``name(...)`` to it."""
+    ret, name, params = decl.group(1).strip(), decl.group(2), decl.group(3)
+    args = ", ".join(re.findall(r"(\w+)\s*(?:,|$)", params))
+    call = f"({name})({args})"  # a parenthesised name is not a macro invocation
+    keep, give = ("", "") if ret == "void" else (f"{ret} ret = ", "    return ret;\n")
+    fast = (
+        f"    if (!({condition}))\n        {'' if ret == 'void' else 'return '}{call};\n" if condition else ""
+    )
+    return (
+        f"static {ret} {name}_releasing_gil({params})\n{{\n{fast}"
+        f"    PyThreadState *save = PyEval_SaveThread();\n    {keep}{call};\n"
+        f"    PyEval_RestoreThread(save);\n{give}}}\n"
+        f"#define {name}(...) {name}_releasing_gil(__VA_ARGS__)\n"
+    )
+
+
+def gil_preamble(cdef: str) -> str:
+    """C text that cffi places between its ``#include <Python.h>`` and the wrappers it generates.
+
+    cffi brackets every call with ``Py_BEGIN_ALLOW_THREADS``/``Py_END_ALLOW_THREADS`` and offers
+    no per-function switch.  Here those macros are redefined to do nothing, and each function of
+    ``RELEASE_GIL`` (and ``aur_wait``) is routed to a wrapper that releases the GIL itself.  The
+    ``_cffi_d_*`` variants cffi also generates reach the same wrappers; they serve only
+    ``ffi.addressof(lib, name)``, which the package never uses on these functions (a call through
+    such a pointer would release a GIL it does not hold).
+    """
+    decls = {m.group(2): m for m in re.finditer(r"^([\w ]+?\**)\s*\b(aur_\w+)\(([^)]*)\);", cdef, re.M)}
+    missing = [name for name in (*RELEASE_GIL, "aur_wait") if name not in decls]
+    if missing:
+        raise RuntimeError(f"aur.h declares no {missing}")
+    parts = [
+        "#undef Py_BEGIN_ALLOW_THREADS\n#undef Py_END_ALLOW_THREADS\n",
+        "#define Py_BEGIN_ALLOW_THREADS {\n#define Py_END_ALLOW_THREADS }\n",
+        *(_releasing(decls[name]) for name in RELEASE_GIL),
+        _releasing(decls["aur_wait"], _WAIT_MAY_BLOCK),
+    ]
+    return "".join(parts)
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef_text())
+_CDEF = _cdef_text()
+ffibuilder.cdef(_CDEF)
 ffibuilder.set_source(
     "anyio_uring._native._aur",
-    '#include <stdint.h>\n#include "aur.h"\n',
+    '#include <stdint.h>\n#include "aur.h"\n' + gil_preamble(_CDEF),
     sources=[str(HERE / "aur.c")],
     include_dirs=[str(HERE)],
     define_macros=[("AUR_VERSION", '"' + _read_version() + '"')],
