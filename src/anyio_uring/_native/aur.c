@@ -598,6 +598,19 @@ uint32_t aur_cq_ready(aur_ring *r)
     return LOAD_ACQ(r->cq_ktail) - *r->cq_khead;
 }
 
+int aur_has_work(aur_ring *r)
+{
+    if (r->closed || r->forked || wrong_thread(r))
+        return 1;
+    if (r->sq_written != r->sq_published || sq_pending(r))
+        return 1;
+    if (LOAD_ACQ(r->cq_ktail) != *r->cq_khead)
+        return 1;
+    if ((r->setup_flags & AUR_SETUP_DEFER_TASKRUN) && !(r->setup_flags & AUR_SETUP_TASKRUN_FLAG))
+        return 1; /* deferred work is invisible without the flag: only an enter can tell */
+    return (LOAD_ACQ(r->sq_kflags) & (AUR_SQ_TASKRUN | AUR_SQ_CQ_OVERFLOW)) != 0;
+}
+
 /* Copy CQEs out of the CQ ring, swallowing the C core's own internal completions. */
 static uint32_t copy_cqes(aur_ring *r, aur_cqe *out, uint32_t max)
 {

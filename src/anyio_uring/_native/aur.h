@@ -171,6 +171,12 @@ int aur_submit(aur_ring *r);
 int aur_withdraw(aur_ring *r, int64_t slot, uint64_t user_data);
 /* Number of CQEs waiting in the CQ ring (no syscall). */
 uint32_t aur_cq_ready(aur_ring *r);
+/* 0 if aur_wait with a zero timeout would find nothing to do: no SQE to submit, no CQE in the CQ,
+ * neither IORING_SQ_TASKRUN (deferred completions waiting for enter) nor IORING_SQ_CQ_OVERFLOW
+ * set.  1 otherwise, and also when that cannot be told from shared memory (DEFER_TASKRUN without
+ * TASKRUN_FLAG) or aur_wait would refuse the call (closed, forked, another thread): the caller's
+ * aur_wait then does the work or reports the error.  No syscall. */
+int aur_has_work(aur_ring *r);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t aur_now_ns(void);
 

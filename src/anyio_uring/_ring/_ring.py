@@ -99,6 +99,7 @@ _MAX_WAIT_S: Final = _MAX_WAIT_NS / 1e9
 _CQE = struct.Struct("QiI")
 _iter_cqes = _CQE.iter_unpack
 _aur_wait: Final[Callable[..., int]] = lib.aur_wait
+_aur_has_work: Final[Callable[[Any], int]] = lib.aur_has_work
 _F_MORE_OR_BUFFER: Final = _F_MORE | _F_BUFFER
 #: The ``_pins`` of an operation that lends the kernel nothing (``is`` tests it: an empty tuple
 #: that is not this one only costs a needless ``_release`` call).
@@ -886,17 +887,21 @@ class Ring:
         ``math.inf`` is no limit; a finite one beyond ~146 years is clamped to that (so a far
         deadline, e.g. ``sleep(sys.maxsize)``, waits "forever" instead of overflowing).
 
-        One C call when nothing completes; ``wait(0)`` with nothing queued and nothing to reap
-        makes no system call (``aur_wait``) and keeps the GIL (build.py).  A closed or forked
-        ring and a call from another thread are refused by ``aur_wait`` itself.
+        ``wait(0)`` with nothing queued and nothing to reap -- no SQE, no CQE, no deferred
+        completion flagged by ``IORING_SQ_TASKRUN``, no CQ overflow -- returns after one
+        ``aur_has_work`` call, which reads the ring's shared memory (no system call, the GIL
+        kept).  Otherwise one ``aur_wait`` call; the GIL is released only if it may block or
+        submits (build.py).  ``aur_wait`` refuses a closed or forked ring and another thread.
         """
+        c = self._c
         if timeout is None:
             t_ns = -1
         elif timeout == 0:
+            if not _aur_has_work(c):  # one cheap call: the loop polls like this after every batch
+                return 0
             t_ns = 0
         else:
             t_ns = _timeout_ns(timeout)
-        c = self._c
         rc = _aur_wait(c, min_complete, t_ns, self._out, self._cap)
         if rc <= 0:
             return self._wait_failed(rc, 0) if rc else 0
