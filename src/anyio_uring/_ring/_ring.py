@@ -2,17 +2,21 @@
 
 Theory of operation
 -------------------
-A :class:`Ring` is one io_uring instance owned by one thread.  Each submitted SQE is an
-:class:`Operation` with a unique ``user_data``: a 63-bit counter that is never reused while the
-ring lives, so it doubles as a generation tag -- a stale or duplicated CQE finds no live
-operation and is *rejected* (counted in ``Ring.rejected_cqes``), it can never complete the wrong
-one.  ``user_data`` values with the top bit set are the runtime's own (cancel requests).
+A :class:`Ring` is one io_uring instance owned by one thread (the C core refuses every other
+thread before touching the ring, so no per-operation check is needed here).  Each submitted SQE
+is an :class:`Operation` with a unique ``user_data``: its slot + 1, where the slot counts every
+SQE the ring ever wrote, so it is never reused while the ring lives and doubles as a generation
+tag -- a stale or duplicated CQE finds no live operation and is *rejected* (counted in
+``Ring.rejected_cqes``), it can never complete the wrong one.  ``user_data`` values with the top
+bit set are the runtime's own (cancel requests).
 
 Ownership rule (DESIGN.md, invariant 1): everything the kernel may read or write for an
 operation -- buffers exported with ``ffi.from_buffer``, sockaddr/statx/siginfo output buffers,
 path strings, timespecs -- is referenced by the Operation from the moment its SQE is written until
 its *final* CQE is reaped (multishot: the CQE without ``IORING_CQE_F_MORE``).  The single place
-where that memory is let go is :meth:`Operation._complete` (via ``_release``).  Cancelling,
+where that memory is let go is :meth:`Operation._release`, called for the final CQE (by
+``Ring._dispatch``, which inlines ``Operation._complete`` for CQEs without flags) or for an SQE
+withdrawn before the kernel saw it (``Ring.cancel``).  Cancelling,
 closing a socket, dropping the last reference or closing the ring never releases it earlier:
 * ``Ring.cancel(op)`` withdraws an SQE that the kernel has not seen yet (no syscall), otherwise
   queues ``IORING_OP_ASYNC_CANCEL`` and leaves ``op`` alive until its own final CQE, whatever the
@@ -227,6 +231,7 @@ class Operation:
     _state: int
     #: Everything the kernel may read or write for this operation; let go only by ``_release``.
     _pins: tuple[Any, ...]
+    #: Bytes of caller memory lent through ``_pins`` (nonzero only if ``_pins`` is not empty).
     pinned_bytes: int
     output: Any
     #: The ProvidedBufferRing a BUFFER_SELECT receive picks from (None otherwise).
