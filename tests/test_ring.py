@@ -1253,3 +1253,25 @@ def test_dispatch_applies_the_transition_table(ring: Ring) -> None:
     ring.wait(timeout=5, min_complete=2)  # both real CQEs: probe's completes, op's is stale now
     assert probe.done
     assert ring.rejected_cqes == 1
+
+
+def test_next_ud_is_the_next_operations_user_data(ring: Ring, drive: Drive) -> None:
+    """``Ring._next_ud`` (the run loop's queue mark) names the next operation's user_data and
+    grows with every SQE, the ring's own cancels included."""
+    mark = ring._next_ud
+    op = ring.nop()
+    assert op.user_data == mark
+    assert ring._next_ud == mark + 1
+    drive(ring, op)
+    assert ring._next_ud == mark + 1  # reaping queues nothing
+    rfd, wfd = os.pipe()
+    try:
+        poll = ring.poll_add(rfd, select.POLLIN)
+        ring.submit()
+        before = ring._next_ud
+        assert ring.cancel(poll) is False  # submitted: an ASYNC_CANCEL SQE is queued
+        assert ring._next_ud == before + 1
+        drive(ring, poll)
+    finally:
+        os.close(rfd)
+        os.close(wfd)

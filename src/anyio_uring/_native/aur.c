@@ -17,6 +17,9 @@
  *     kernel's overflow list until it is empty or the caller's array is full (`more` tells).
  *   - fork: the rings are mapped MADV_DONTFORK and a pthread_atfork child handler marks every
  *     ring `forked` and closes the inherited fd, so a child can never write the parent's SQ.
+ *   - one owner thread: every entry point that writes the SQ, enters or reaps first compares
+ *     pthread_self() with the thread that set the ring up (wrong_thread), so another thread can
+ *     never race the owner on the SQ tail or the CQ head.
  *   - No malloc per operation: SQEs are written in place, CQEs copied into the caller's array.
  */
 #define _GNU_SOURCE

@@ -5,7 +5,9 @@
  *
  * Principles (see DESIGN.md section 3):
  *   - no Python-object logic and no malloc per operation; one C call per queued operation
- *     (aur_prep_*), one per loop tick to submit + wait + harvest (aur_wait);
+ *     (aur_prep_*), one per loop tick to submit + wait + harvest (aur_wait), or only aur_has_work
+ *     for a poll that finds nothing to do;
+ *   - which calls keep the GIL is build.py's business (KEEP_GIL): the ones that touch memory only;
  *   - every function returns >= 0 on success or -errno; nothing here raises or prints;
  *   - a ring belongs to the thread that set it up: aur_prep_*, aur_wait and aur_submit called from
  *     any other thread return -AUR_EWRONGTHREAD and touch nothing (one pthread_self() per call);

@@ -503,6 +503,13 @@ class Ring:
         return int(self._c.ring_fd)
 
     @property
+    def _next_ud(self) -> int:
+        """The user_data the next operation queued will get (its slot + 1).  It grows with every
+        SQE written -- operations, internal cancels, fallback timeouts -- so the run loop can
+        read it as a mark of "something was queued since I last looked"."""
+        return int(self._c.sq_written) + 1
+
+    @property
     def inflight(self) -> int:
         """Number of operations whose final CQE has not been reaped."""
         return len(self._ops)
