@@ -1255,22 +1255,26 @@ def test_dispatch_applies_the_transition_table(ring: Ring) -> None:
     assert ring.rejected_cqes == 1
 
 
-def test_next_ud_is_the_next_operations_user_data(ring: Ring, drive: Drive) -> None:
-    """``Ring._next_ud`` (the run loop's queue mark) names the next operation's user_data and
-    grows with every SQE, the ring's own cancels included."""
-    mark = ring._next_ud
+def test_queue_mark_changes_with_every_sqe_queued(ring: Ring, drive: Drive) -> None:
+    """``Ring._queue_mark`` (the run loop's "was anything queued?") changes with every SQE
+    queued from Python, the ring's own cancels included, and not when CQEs are reaped;
+    ``Ring._next_ud`` is the user_data the next operation gets."""
+    mark = ring._queue_mark
+    expected = ring._next_ud
     op = ring.nop()
-    assert op.user_data == mark
-    assert ring._next_ud == mark + 1
+    assert op.user_data == expected
+    assert ring._next_ud == expected + 1
+    assert ring._queue_mark != mark
+    mark = ring._queue_mark
     drive(ring, op)
-    assert ring._next_ud == mark + 1  # reaping queues nothing
+    assert ring._queue_mark == mark  # reaping queues nothing
     rfd, wfd = os.pipe()
     try:
         poll = ring.poll_add(rfd, select.POLLIN)
         ring.submit()
-        before = ring._next_ud
+        mark = ring._queue_mark
         assert ring.cancel(poll) is False  # submitted: an ASYNC_CANCEL SQE is queued
-        assert ring._next_ud == before + 1
+        assert ring._queue_mark != mark
         drive(ring, poll)
     finally:
         os.close(rfd)

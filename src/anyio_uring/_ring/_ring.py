@@ -448,6 +448,11 @@ class Ring:
         self._pid = os.getpid()
         self._ops: dict[int, Operation] = {}
         self._next_cancel_ud = 1
+        #: The user_data of the newest SQE queued from Python (an operation's or a cancel's):
+        #: it changes whenever anything is queued, so the run loop can compare it with the
+        #: value it saw at its last harvest.  A plain attribute (no int is made per operation):
+        #: the loop reads it every tick.
+        self._queue_mark = 0
         self._pinned_bytes = 0
         self._closed = False
         self._forked = False
@@ -504,9 +509,8 @@ class Ring:
 
     @property
     def _next_ud(self) -> int:
-        """The user_data the next operation queued will get (its slot + 1).  It grows with every
-        SQE written -- operations, internal cancels, fallback timeouts -- so the run loop can
-        read it as a mark of "something was queued since I last looked"."""
+        """The user_data the next operation will get (slot + 1), from the C core's SQE count.
+        Loops that only need "was anything queued?" read the cheaper ``_queue_mark``."""
         return int(self._c.sq_written) + 1
 
     @property
@@ -595,6 +599,7 @@ class Ring:
             slot = self._prep_failed(slot, prep, args)
         op.user_data = ud = slot + 1
         self._ops[ud] = op
+        self._queue_mark = ud
         if nbytes:
             self._pinned_bytes += nbytes
         return op
@@ -910,6 +915,7 @@ class Ring:
         self._check_usable()
         ud = _TAG_CANCEL | (self._next_cancel_ud & ~_TAG_CANCEL)
         self._next_cancel_ud += 1
+        self._queue_mark = ud
         full = (self._c, ud, *args)
         rc = prep(*full)
         if rc < 0:
