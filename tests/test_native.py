@@ -124,6 +124,24 @@ def test_prep_returns_slots_and_withdraw_only_unpublished(ring: Ring) -> None:
     assert [out[i].user_data for i in range(n)] == [22]  # the withdrawn one left no CQE
 
 
+def test_user_data_from_slot(ring: Ring) -> None:
+    """AUR_UD_FROM_SLOT asks the prep for ``slot + 1``; any other value is used as given."""
+    c = ring._c
+    out = ffi.new("aur_cqe[4]")
+    s1 = lib.aur_prep_nop(c, lib.AUR_UD_FROM_SLOT, 0)
+    s2 = lib.aur_prep_nop(c, 77, 0)
+    s3 = lib.aur_prep_nop(c, lib.AUR_UD_FROM_SLOT, 0)
+    assert s1 >= 0
+    assert s2 == s1 + 1
+    assert s3 == s2 + 1
+    got: list[int] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        n = lib.aur_wait(c, 3 - len(got), 1_000_000_000, out, 4)
+        got += [out[i].user_data for i in range(max(n, 0))]
+    assert sorted(got) == sorted([s1 + 1, 77, s3 + 1])
+
+
 def test_struct_layouts() -> None:
     assert ffi.sizeof("aur_cqe") == 16
     assert ffi.sizeof("aur_iovec") == 16

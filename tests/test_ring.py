@@ -1094,3 +1094,188 @@ def test_close_interrupted_by_a_raising_callback_keeps_memory() -> None:
             assert pinned(buf)  # still lent to the kernel: never released
     finally:
         os.close(fd)
+
+
+# =============================================================== the hot path's shortcuts, checked
+
+
+def test_user_data_is_slot_plus_one_and_never_reused(ring: Ring, drive: Drive) -> None:
+    """The C core names each SQE ``slot + 1`` (AUR_UD_FROM_SLOT): withdrawn SQEs and the ring's
+    own SQEs (cancels) use up slots too, so values only grow and never repeat."""
+    first = [ring.nop() for _ in range(8)]
+    assert ring.cancel(first[3]) is True  # withdrawn: its slot stays spent
+    drive(ring, *first[:3], *first[4:])
+    second = [ring.nop() for _ in range(8)]
+    drive(ring, *second)
+    uds = [op.user_data for op in first + second]
+    assert uds == sorted(set(uds))
+    assert all(op.user_data == op.slot + 1 for op in first + second)
+    assert not any(ud & lib.AUR_UD_TAG_CANCEL for ud in uds)
+    assert ring.rejected_cqes == 0
+
+
+def test_poll_with_nothing_to_do_makes_no_syscall(ring: Ring, drive: Drive) -> None:
+    ring.wait(timeout=0)
+    enters = ring.counters()["enters"]
+    for _ in range(50):
+        assert ring.wait(timeout=0) == 0
+    assert lib.aur_has_work(ring._c) == 0
+    assert ring.counters()["enters"] == enters
+    op = ring.nop()
+    assert lib.aur_has_work(ring._c) == 1  # an SQE to submit
+    drive(ring, op)
+    assert op.result == 0
+    assert lib.aur_has_work(ring._c) == 0
+
+
+@pytest.mark.parametrize("taskrun_flag", [True, False], ids=["taskrun_flag", "no_taskrun_flag"])
+def test_poll_sees_a_completion_deferred_as_task_work(
+    make_ring: Callable[..., Ring], sockpair: tuple[socket.socket, socket.socket], taskrun_flag: bool
+) -> None:
+    """With DEFER_TASKRUN a completion is task work until our next enter (KERNEL-FACTS 1): the
+    CQ is empty, so ``wait(0)`` must look at IORING_SQ_TASKRUN -- or, when the ring has no
+    TASKRUN_FLAG to tell, enter every time -- rather than return early."""
+    ring = make_ring(
+        disable=frozenset() if taskrun_flag else frozenset({"coop_taskrun"}), use_environment=False
+    )
+    if not ring.support.defer_taskrun:  # pragma: no cover - kernels before 6.1
+        pytest.skip("the kernel has no DEFER_TASKRUN")
+    assert bool(ring._c.setup_flags & lib.AUR_SF_TASKRUN_FLAG) is taskrun_flag
+    a, b = sockpair
+    buf = bytearray(4)
+    op = ring.recv(b.fileno(), buf)
+    assert ring.wait(timeout=0) == 0
+    assert not op.done
+    a.sendall(b"hi")
+    deadline = time.monotonic() + 5
+    while not lib.aur_has_work(ring._c) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert lib.aur_has_work(ring._c) == 1
+    assert lib.aur_cq_ready(ring._c) == 0  # still task work, not a CQE
+    assert ring.wait(timeout=0) == 1
+    assert op.result == 2
+    assert buf[:2] == b"hi"
+
+
+def test_other_thread_refused_by_every_entry_point(ring: Ring) -> None:
+    """The C core refuses a thread that does not own the ring before touching anything, so the
+    Python layer needs no per-operation thread check; an idle ``wait(0)`` is refused too."""
+    import threading
+
+    c = ring._c
+    written = c.sq_written
+    out = ffi.new("aur_cqe[4]")
+    results: dict[str, Any] = {}
+
+    def use() -> None:
+        for name, call in (
+            ("nop", ring.nop),
+            ("poll", lambda: ring.wait(timeout=0)),
+            ("wait", lambda: ring.wait(timeout=0.01)),
+            ("submit", ring.submit),
+        ):
+            try:
+                call()
+            except BaseException as exc:
+                results[name] = exc
+        results["prep"] = lib.aur_prep_nop(c, 1, 0)
+        results["aur_wait"] = lib.aur_wait(c, 0, 0, out, 4)
+        results["aur_submit"] = lib.aur_submit(c)
+        results["has_work"] = lib.aur_has_work(c)
+
+    t = threading.Thread(target=use)
+    t.start()
+    t.join()
+    for name in ("nop", "poll", "wait", "submit"):
+        assert isinstance(results[name], RuntimeError), (name, results[name])
+        assert "thread" in str(results[name])
+    assert results["prep"] == results["aur_wait"] == results["aur_submit"] == -lib.AUR_EWRONGTHREAD
+    assert results["has_work"] == 1  # "go and ask aur_wait", which refuses
+    assert c.sq_written == written
+    assert ring.inflight == 0
+    assert ring.wait(timeout=0) == 0  # the owner is unaffected
+
+
+def test_blocking_wait_releases_the_gil(ring: Ring, drive: Drive) -> None:
+    """Only calls that may sleep release the GIL (build.py); a blocking wait is one.  The writer
+    thread runs Python code only once the loop thread is inside ``wait``: if the wait kept the
+    GIL, nothing would complete before its timeout."""
+    import threading
+
+    rfd, wfd = os.pipe()
+    try:
+        op = ring.poll_add(rfd, select.POLLIN)
+        ring.submit()
+        go = threading.Event()
+
+        def writer() -> None:
+            go.wait()
+            os.write(wfd, b"x")
+
+        t = threading.Thread(target=writer)
+        t.start()
+        go.set()
+        assert ring.wait(timeout=30) == 1
+        t.join()
+        assert op.result is not None
+        assert op.result & select.POLLIN
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_dispatch_applies_the_transition_table(ring: Ring) -> None:
+    """``_dispatch`` completes a flagless CQE through a precomputed row of ``_TRANSITIONS``; it
+    must agree with ``Operation._transition("final")`` for every state, flags included, and an
+    impossible one is the uniform loud error."""
+    from anyio_uring._errors import UringInternalError
+    from anyio_uring._ring import _ring as r
+
+    probe = ring.nop()
+    for state in range(len(r._AFTER_FINAL)):
+        probe._state = state
+        try:
+            probe._transition("final")
+        except UringInternalError:
+            assert r._AFTER_FINAL[state] is None
+        else:
+            assert r._AFTER_FINAL[state] == probe._state
+    probe._state = r._PENDING
+    op = ring.nop()
+    op._state = r._DONE  # as if its final CQE had been reaped already
+    with pytest.raises(UringInternalError) as info:
+        ring._dispatch(struct.pack("QiI", op.user_data, 0, 0))
+    assert isinstance(info.value.__cause__, BaseExceptionGroup)
+    (err,) = info.value.__cause__.exceptions
+    assert isinstance(err, UringInternalError)
+    assert "illegal transition 'final' from DONE" in str(err)
+    assert op.user_data not in ring._ops
+    ring.wait(timeout=5, min_complete=2)  # both real CQEs: probe's completes, op's is stale now
+    assert probe.done
+    assert ring.rejected_cqes == 1
+
+
+def test_queue_mark_changes_with_every_sqe_queued(ring: Ring, drive: Drive) -> None:
+    """``Ring._queue_mark`` (the run loop's "was anything queued?") changes with every SQE
+    queued from Python, the ring's own cancels included, and not when CQEs are reaped;
+    ``Ring._next_ud`` is the user_data the next operation gets."""
+    mark = ring._queue_mark
+    expected = ring._next_ud
+    op = ring.nop()
+    assert op.user_data == expected
+    assert ring._next_ud == expected + 1
+    assert ring._queue_mark != mark
+    mark = ring._queue_mark
+    drive(ring, op)
+    assert ring._queue_mark == mark  # reaping queues nothing
+    rfd, wfd = os.pipe()
+    try:
+        poll = ring.poll_add(rfd, select.POLLIN)
+        ring.submit()
+        mark = ring._queue_mark
+        assert ring.cancel(poll) is False  # submitted: an ASYNC_CANCEL SQE is queued
+        assert ring._queue_mark != mark
+        drive(ring, poll)
+    finally:
+        os.close(rfd)
+        os.close(wfd)

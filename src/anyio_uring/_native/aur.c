@@ -17,6 +17,9 @@
  *     kernel's overflow list until it is empty or the caller's array is full (`more` tells).
  *   - fork: the rings are mapped MADV_DONTFORK and a pthread_atfork child handler marks every
  *     ring `forked` and closes the inherited fd, so a child can never write the parent's SQ.
+ *   - one owner thread: every entry point that writes the SQ, enters or reaps first compares
+ *     pthread_self() with the thread that set the ring up (wrong_thread), so another thread can
+ *     never race the owner on the SQ tail or the CQ head.
  *   - No malloc per operation: SQEs are written in place, CQEs copied into the caller's array.
  */
 #define _GNU_SOURCE
@@ -284,6 +287,7 @@ int aur_setup(aur_ring *r, uint32_t entries, uint32_t cq_entries, uint32_t allow
     r->use_ext_arg = (allow & AUR_ALLOW_EXT_ARG) && (p.features & AUR_FEAT_EXT_ARG);
     r->use_cqe_skip = (allow & AUR_ALLOW_CQE_SKIP) && (p.features & AUR_FEAT_CQE_SKIP);
     r->timeout_pending = 0;
+    r->owner_thread = (uint64_t)pthread_self();
     int err = map_rings(r, &p);
     if (err < 0) {
         close(fd);
@@ -342,6 +346,9 @@ int aur_probe(aur_ring *r, uint8_t *ops)
 
 /* ============================================================================ submission side */
 
+/* Nonzero if the calling thread may not use the ring (checked before anything is touched). */
+static inline int wrong_thread(const aur_ring *r) { return (uint64_t)pthread_self() != r->owner_thread; }
+
 static uint32_t sq_pending(aur_ring *r) { return (uint32_t)r->sq_written - LOAD_ACQ(r->sq_khead); }
 
 static void publish(aur_ring *r)
@@ -356,6 +363,8 @@ int aur_submit(aur_ring *r)
 {
     if (r->closed || r->forked)
         return -EBADFD;
+    if (wrong_thread(r))
+        return -AUR_EWRONGTHREAD;
     publish(r);
     uint32_t n = sq_pending(r);
     return n ? ring_enter(r, n, 0, 0, NULL, 0) : 0;
@@ -366,6 +375,10 @@ static struct aur_sqe *get_sqe(aur_ring *r, int64_t *slot)
 {
     if (r->closed || r->forked) {
         *slot = -EBADFD;
+        return NULL;
+    }
+    if (wrong_thread(r)) {
+        *slot = -AUR_EWRONGTHREAD;
         return NULL;
     }
     if (sq_pending(r) >= r->sq_entries) {
@@ -388,7 +401,7 @@ static struct aur_sqe *get_sqe(aur_ring *r, int64_t *slot)
 
 int aur_withdraw(aur_ring *r, int64_t slot, uint64_t user_data)
 {
-    if (r->closed || r->forked || slot < 0)
+    if (r->closed || r->forked || slot < 0 || wrong_thread(r))
         return 0;
     if ((uint64_t)slot < r->sq_published || (uint64_t)slot >= r->sq_written)
         return 0;
@@ -411,7 +424,7 @@ int aur_withdraw(aur_ring *r, int64_t slot, uint64_t user_data)
         return slot;                                                                            \
     s->opcode = (OPCODE);                                                                       \
     s->flags = (uint8_t)sqe_flags;                                                              \
-    s->user_data = ud;
+    s->user_data = ud != AUR_UD_FROM_SLOT ? ud : (uint64_t)slot + 1;
 #define PREP_END return slot;
 #define PTR(p) ((uint64_t)(uintptr_t)(p))
 
@@ -588,6 +601,19 @@ uint32_t aur_cq_ready(aur_ring *r)
     return LOAD_ACQ(r->cq_ktail) - *r->cq_khead;
 }
 
+int aur_has_work(aur_ring *r)
+{
+    if (r->closed || r->forked || wrong_thread(r))
+        return 1;
+    if (r->sq_written != r->sq_published || sq_pending(r))
+        return 1;
+    if (LOAD_ACQ(r->cq_ktail) != *r->cq_khead)
+        return 1;
+    if ((r->setup_flags & AUR_SETUP_DEFER_TASKRUN) && !(r->setup_flags & AUR_SETUP_TASKRUN_FLAG))
+        return 1; /* deferred work is invisible without the flag: only an enter can tell */
+    return (LOAD_ACQ(r->sq_kflags) & (AUR_SQ_TASKRUN | AUR_SQ_CQ_OVERFLOW)) != 0;
+}
+
 /* Copy CQEs out of the CQ ring, swallowing the C core's own internal completions. */
 static uint32_t copy_cqes(aur_ring *r, aur_cqe *out, uint32_t max)
 {
@@ -637,6 +663,8 @@ int aur_wait(aur_ring *r, uint32_t wait_nr, int64_t timeout_ns, aur_cqe *out, ui
 {
     if (r->closed || r->forked)
         return -EBADFD;
+    if (wrong_thread(r))
+        return -AUR_EWRONGTHREAD;
     r->more = 0;
     uint32_t n = copy_cqes(r, out, max);
     if (n > 0 || timeout_ns == 0)

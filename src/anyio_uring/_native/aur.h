@@ -5,8 +5,12 @@
  *
  * Principles (see DESIGN.md section 3):
  *   - no Python-object logic and no malloc per operation; one C call per queued operation
- *     (aur_prep_*), one per loop tick to submit + wait + harvest (aur_wait);
+ *     (aur_prep_*), one per loop tick to submit + wait + harvest (aur_wait), or only aur_has_work
+ *     for a poll that finds nothing to do;
+ *   - which calls keep the GIL is build.py's business (KEEP_GIL): the ones that touch memory only;
  *   - every function returns >= 0 on success or -errno; nothing here raises or prints;
+ *   - a ring belongs to the thread that set it up: aur_prep_*, aur_wait and aur_submit called from
+ *     any other thread return -AUR_EWRONGTHREAD and touch nothing (one pthread_self() per call);
  *   - user_data values with the top bit set are the runtime's own; AUR_UD_INTERNAL ones never
  *     leave C (the fallback wait timeout, withdrawn SQEs).
  */
@@ -59,6 +63,7 @@ typedef struct aur_ring {
     int64_t timeout_ts[2];       /* its timespec: lives here, not on a stack, until the kernel reads it */
     int32_t timeout_pending;
     int32_t pad0;
+    uint64_t owner_thread;       /* pthread_self() of the thread that set the ring up */
     struct aur_ring *fork_next;
     struct aur_ring *fork_prev;
 } aur_ring;
@@ -91,6 +96,15 @@ typedef struct aur_pbuf {
     int32_t registered;
     int32_t pad0;
 } aur_pbuf;
+
+/* the -errno of a call from a thread that does not own the ring (EEXIST, as the kernel answers a
+ * SINGLE_ISSUER ring entered from another task) */
+#define AUR_EWRONGTHREAD 17
+
+/* user_data argument of the prep functions that asks for `slot + 1`: unique for the ring's life
+ * (slots count every SQE it wrote), never 0, top bit clear.  The Python ring uses it for every
+ * operation, so it passes no counter of its own. */
+#define AUR_UD_FROM_SLOT 0
 
 /* reserved user_data values (top bit set = runtime-internal) */
 #define AUR_UD_TIMEOUT 0xFFFFFFFFFFFFFFFF
@@ -159,10 +173,17 @@ int aur_submit(aur_ring *r);
 int aur_withdraw(aur_ring *r, int64_t slot, uint64_t user_data);
 /* Number of CQEs waiting in the CQ ring (no syscall). */
 uint32_t aur_cq_ready(aur_ring *r);
+/* 0 if aur_wait with a zero timeout would find nothing to do: no SQE to submit, no CQE in the CQ,
+ * neither IORING_SQ_TASKRUN (deferred completions waiting for enter) nor IORING_SQ_CQ_OVERFLOW
+ * set.  1 otherwise, and also when that cannot be told from shared memory (DEFER_TASKRUN without
+ * TASKRUN_FLAG) or aur_wait would refuse the call (closed, forked, another thread): the caller's
+ * aur_wait then does the work or reports the error.  No syscall. */
+int aur_has_work(aur_ring *r);
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t aur_now_ns(void);
 
 /* ---- prep functions: each writes one SQE and returns its slot (>= 0) or -errno ----
+ * The SQE's user_data is `ud`, or `slot + 1` when ud is AUR_UD_FROM_SLOT.
  * The SQE stays local until the next aur_wait/aur_submit, or until a prep finds the SQ full, in
  * which case everything queued is submitted first (counted in sq_full_flushes).  Pointers must
  * stay valid until the operation's final CQE: the Python layer owns that rule. */

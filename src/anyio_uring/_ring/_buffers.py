@@ -60,6 +60,9 @@ __all__ = ["ProvidedBufferRing"]
 _F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
 _F_BUF_MORE: Final[int] = lib.AUR_CQE_F_BUF_MORE
 _SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
+# Bound once (an attribute of cffi's ``lib`` is a dictionary lookup per use): called per completion.
+_pbuf_recycle = lib.aur_pbuf_recycle
+_pbuf_entry_len = lib.aur_pbuf_entry_len
 
 
 def _incremental_unavailable(reason: str) -> OSError:
@@ -223,7 +226,7 @@ class ProvidedBufferRing:
         self._pieces.setdefault(bid, deque()).append((offset, res))
         if flags & _F_BUF_MORE:
             return  # the kernel keeps filling this buffer
-        if offset + res < self.size and lib.aur_pbuf_entry_len(self._pbuf, self._slot[bid]) != 0:
+        if offset + res < self.size and _pbuf_entry_len(self._pbuf, self._slot[bid]) != 0:
             return  # no BUF_MORE, yet the kernel's entry still has room: it still holds the buffer
         self._lent[bid] = 0
 
@@ -264,7 +267,7 @@ class ProvidedBufferRing:
         """Publish buffer ``bid`` again: a fresh entry with its whole address and length."""
         self._lent[bid] = 1
         self.recycled += 1
-        lib.aur_pbuf_recycle(self._pbuf, self._mem + bid * self.size, self.size, bid)
+        _pbuf_recycle(self._pbuf, self._mem + bid * self.size, self.size, bid)
 
     def _check_bid(self, bid: int, length: int) -> None:
         if self._closed:

@@ -2,17 +2,21 @@
 
 Theory of operation
 -------------------
-A :class:`Ring` is one io_uring instance owned by one thread.  Each submitted SQE is an
-:class:`Operation` with a unique ``user_data``: a 63-bit counter that is never reused while the
-ring lives, so it doubles as a generation tag -- a stale or duplicated CQE finds no live
-operation and is *rejected* (counted in ``Ring.rejected_cqes``), it can never complete the wrong
-one.  ``user_data`` values with the top bit set are the runtime's own (cancel requests).
+A :class:`Ring` is one io_uring instance owned by one thread (the C core refuses every other
+thread before touching the ring, so no per-operation check is needed here).  Each submitted SQE
+is an :class:`Operation` with a unique ``user_data``: its slot + 1, where the slot counts every
+SQE the ring ever wrote, so it is never reused while the ring lives and doubles as a generation
+tag -- a stale or duplicated CQE finds no live operation and is *rejected* (counted in
+``Ring.rejected_cqes``), it can never complete the wrong one.  ``user_data`` values with the top
+bit set are the runtime's own (cancel requests).
 
 Ownership rule (DESIGN.md, invariant 1): everything the kernel may read or write for an
 operation -- buffers exported with ``ffi.from_buffer``, sockaddr/statx/siginfo output buffers,
 path strings, timespecs -- is referenced by the Operation from the moment its SQE is written until
 its *final* CQE is reaped (multishot: the CQE without ``IORING_CQE_F_MORE``).  The single place
-where that memory is let go is :meth:`Operation._complete` (via ``_release``).  Cancelling,
+where that memory is let go is :meth:`Operation._release`, called for the final CQE (by
+``Ring._dispatch``, which inlines ``Operation._complete`` for CQEs without flags) or for an SQE
+withdrawn before the kernel saw it (``Ring.cancel``).  Cancelling,
 closing a socket, dropping the last reference or closing the ring never releases it earlier:
 * ``Ring.cancel(op)`` withdraws an SQE that the kernel has not seen yet (no syscall), otherwise
   queues ``IORING_OP_ASYNC_CANCEL`` and leaves ``op`` alive until its own final CQE, whatever the
@@ -88,14 +92,60 @@ _F_MORE: Final[int] = lib.AUR_CQE_F_MORE
 _F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
 _BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
 _EBADFD: Final = 77
+_EWRONGTHREAD: Final[int] = lib.AUR_EWRONGTHREAD
+#: A prep's user_data argument that asks the C core for ``slot + 1`` (``Ring._queue``).
+_FROM_SLOT: Final[int] = lib.AUR_UD_FROM_SLOT
 #: The longest bounded wait (2**62 ns, ~146 years).  Longer finite timeouts are clamped to it: the
 #: nanosecond count must fit an int64, and so must ``now + timeout`` for the absolute TIMEOUT SQE
 #: used when ``IORING_ENTER_EXT_ARG`` is unavailable (aur.c, ``arm_fallback_timeout``).
 _MAX_WAIT_NS: Final = 1 << 62
 _MAX_WAIT_S: Final = _MAX_WAIT_NS / 1e9
 _CQE = struct.Struct("QiI")
+_iter_cqes = _CQE.iter_unpack
+_from_buffer = ffi.from_buffer
+_BYTES: Final = ffi.typeof("char[]")  # from_buffer's default type, passed as a ctype: no parsing
+_CData: Final = ffi.CData
+_ffi_release = ffi.release
+_aur_wait: Final[Callable[..., int]] = lib.aur_wait
+_aur_has_work: Final[Callable[[Any], int]] = lib.aur_has_work
+_F_MORE_OR_BUFFER: Final = _F_MORE | _F_BUFFER
+#: The ``_pins`` of an operation that lends the kernel nothing (``is`` tests it: an empty tuple
+#: that is not this one only costs a needless ``_release`` call).
+_NO_PINS: Final[tuple[Any, ...]] = ()
 
 _facts_get = _FACTS.get
+
+# The prep functions, bound once: each use of an attribute of cffi's ``lib`` is a dictionary lookup.
+_prep_accept = lib.aur_prep_accept
+_prep_cancel = lib.aur_prep_cancel
+_prep_close = lib.aur_prep_close
+_prep_connect = lib.aur_prep_connect
+_prep_fsync = lib.aur_prep_fsync
+_prep_ftruncate = lib.aur_prep_ftruncate
+_prep_linkat = lib.aur_prep_linkat
+_prep_mkdirat = lib.aur_prep_mkdirat
+_prep_nop = lib.aur_prep_nop
+_prep_openat = lib.aur_prep_openat
+_prep_poll_add = lib.aur_prep_poll_add
+_prep_read = lib.aur_prep_read
+_prep_recv = lib.aur_prep_recv
+_prep_recvmsg = lib.aur_prep_recvmsg
+_prep_renameat = lib.aur_prep_renameat
+_prep_send = lib.aur_prep_send
+_prep_send_zc = lib.aur_prep_send_zc
+_prep_sendmsg = lib.aur_prep_sendmsg
+_prep_shutdown = lib.aur_prep_shutdown
+_prep_socket = lib.aur_prep_socket
+_prep_statx = lib.aur_prep_statx
+_prep_symlinkat = lib.aur_prep_symlinkat
+_prep_timeout = lib.aur_prep_timeout
+_prep_unlinkat = lib.aur_prep_unlinkat
+_prep_waitid = lib.aur_prep_waitid
+_prep_write = lib.aur_prep_write
+_SQE_BUFFER_SELECT: Final[int] = lib.AUR_SQE_BUFFER_SELECT
+_RECV_MULTISHOT: Final[int] = lib.AUR_RECV_MULTISHOT
+_ACCEPT_MULTISHOT: Final[int] = lib.AUR_ACCEPT_MULTISHOT
+_FSYNC_DATASYNC: Final[int] = lib.AUR_FSYNC_DATASYNC
 
 #: Memory of operations that outlived a ring's drain: kept for the life of the process.
 _ABANDONED: list[object] = []
@@ -118,12 +168,32 @@ class OpState(IntEnum):
 
 # Internally QUEUED and SUBMITTED are one state, _PENDING, told apart by the SQE's slot.
 _PENDING: Final = 0
+_CANCEL_REQUESTED: Final = int(OpState.CANCEL_REQUESTED)
+_DONE: Final = int(OpState.DONE)
 _TRANSITIONS: Final[dict[tuple[int, str], int]] = {
-    (_PENDING, "cancel"): OpState.CANCEL_REQUESTED,
-    (_PENDING, "withdraw"): OpState.DONE,
-    (_PENDING, "final"): OpState.DONE,
-    (OpState.CANCEL_REQUESTED, "final"): OpState.DONE,
+    (_PENDING, "cancel"): _CANCEL_REQUESTED,
+    (_PENDING, "withdraw"): _DONE,
+    (_PENDING, "final"): _DONE,
+    (_CANCEL_REQUESTED, "final"): _DONE,
 }
+#: ``Operation._state`` holds the lifecycle state in its low bits and two flags above them;
+#: ``_F_ABANDONED`` is the highest, so ``state < _F_ABANDONED`` means "not abandoned".
+_LIFE: Final = 3
+_F_MULTISHOT: Final = 4
+_F_ABANDONED: Final = 8
+
+
+def _after(event: str) -> tuple[int | None, ...]:
+    """``_TRANSITIONS``' row for ``event`` indexed by the whole ``_state`` value, flags included
+    (``None``: illegal), for the dispatch loop, which must not build a tuple key per CQE."""
+    row: list[int | None] = []
+    for state in range(2 * _F_ABANDONED):
+        new = _TRANSITIONS.get((state & _LIFE, event))
+        row.append(None if new is None else state & ~_LIFE | new)
+    return tuple(row)
+
+
+_AFTER_FINAL: Final = _after("final")
 
 
 class Operation:
@@ -132,58 +202,46 @@ class Operation:
     ``result`` is the final CQE's ``res`` (``-errno`` on failure) and ``cqe_flags`` its flags,
     both ``None`` until :attr:`done`.  ``output`` is a buffer the ring allocated for the kernel
     to fill (sockaddr, statx, siginfo), readable after completion.
+
+    Only :class:`Ring` creates operations (its prep methods): the class has no ``__init__``, and
+    ``Ring._queue`` sets every slot, the fewest stores a new operation can cost.
     """
 
     __slots__ = (
         "__weakref__",
         "_pins",
         "_state",
-        "abandoned",
         "buffers",
         "callback",
         "cqe_flags",
-        "facts",
-        "multishot",
         "on_more",
         "opcode",
         "output",
         "pinned_bytes",
         "result",
         "ring",
-        "slot",
         "user_data",
     )
 
-    def __init__(
-        self,
-        ring: Ring,
-        user_data: int,
-        opcode: int,
-        pins: tuple[Any, ...],
-        pinned_bytes: int,
-        output: Any,
-        multishot: bool,
-    ) -> None:
-        self.ring = ring
-        self.user_data = user_data
-        self.opcode = opcode
-        self.slot = -1
-        self._state: int = _PENDING
-        self._pins = pins
-        self.pinned_bytes = pinned_bytes
-        self.output = output
-        self.multishot = multishot
-        #: What this opcode promises (fd result, cancellability, result-vs-release CQE).
-        self.facts: OpFacts = _facts_get(opcode, _DEFAULT_FACTS)
-        self.abandoned = False
-        #: The ProvidedBufferRing a BUFFER_SELECT receive picks from (None otherwise).
-        self.buffers: Any = None
-        self.result: int | None = None
-        self.cqe_flags: int | None = None
-        #: Called once with this operation when its final CQE is reaped.
-        self.callback: Callable[[Operation], object] | None = None
-        #: Multishot only: called with (op, res, flags) for each CQE that has F_MORE.
-        self.on_more: Callable[[Operation, int, int], object] | None = None
+    ring: Ring
+    #: ``slot + 1`` (see :attr:`slot`): unique for the life of the ring, top bit clear.
+    user_data: int
+    opcode: int
+    #: The lifecycle state (``& _LIFE``) | ``_F_MULTISHOT`` | ``_F_ABANDONED``.
+    _state: int
+    #: Everything the kernel may read or write for this operation; let go only by ``_release``.
+    _pins: tuple[Any, ...]
+    #: Bytes of caller memory lent through ``_pins`` (nonzero only if ``_pins`` is not empty).
+    pinned_bytes: int
+    output: Any
+    #: The ProvidedBufferRing a BUFFER_SELECT receive picks from (None otherwise).
+    buffers: Any
+    result: int | None
+    cqe_flags: int | None
+    #: Called once with this operation when its final CQE is reaped.
+    callback: Callable[[Operation], object] | None
+    #: Multishot only: called with (op, res, flags) for each CQE that has F_MORE.
+    on_more: Callable[[Operation, int, int], object] | None
 
     def __repr__(self) -> str:
         name = OPCODE_NAMES.get(self.opcode, str(self.opcode))
@@ -191,19 +249,40 @@ class Operation:
 
     @property
     def state(self) -> OpState:
-        if self._state == _PENDING:
+        life = self._state & _LIFE
+        if life == _PENDING:
             queued = self.slot >= self.ring._c.sq_published
             return OpState.QUEUED if queued else OpState.SUBMITTED
-        return OpState(self._state)
+        return OpState(life)
+
+    @property
+    def slot(self) -> int:
+        """The SQE's position in the ring's stream of SQEs (``aur_ring.sq_written`` when written)."""
+        return self.user_data - 1
+
+    @property
+    def facts(self) -> OpFacts:
+        """What this opcode promises (fd result, cancellability, result-vs-release CQE)."""
+        return _facts_get(self.opcode, _DEFAULT_FACTS)
+
+    @property
+    def multishot(self) -> bool:
+        """Queued as a multishot request: every CQE but the final one has ``F_MORE``."""
+        return bool(self._state & _F_MULTISHOT)
+
+    @property
+    def abandoned(self) -> bool:
+        """Nobody will consume the result (see :meth:`abandon`)."""
+        return bool(self._state & _F_ABANDONED)
 
     @property
     def returns_fd(self) -> bool:
         """A result ``>= 0`` is a new fd (closed by the ring if nobody takes it)."""
-        return self.facts.returns_fd
+        return _facts_get(self.opcode, _DEFAULT_FACTS).returns_fd
 
     @property
     def done(self) -> bool:
-        return self._state == OpState.DONE
+        return self._state & _LIFE == _DONE
 
     def cancel(self) -> bool:
         """Shorthand for ``self.ring.cancel(self)``."""
@@ -220,32 +299,37 @@ class Operation:
 
     def abandon(self) -> None:
         """Nobody will consume this operation's result: fds it returns are closed (once)."""
-        if self.abandoned:
+        if self._state & _F_ABANDONED:
             return  # an fd was (or will be) closed already; its number may belong to a new file
-        self.abandoned = True
+        self._state |= _F_ABANDONED
         self.callback = None
         self.on_more = None
-        if self._state == OpState.DONE:
+        if self._state & _LIFE == _DONE:
             self._dispose(self.result, self.cqe_flags or 0)
 
     # -- called by Ring only --------------------------------------------------------------
 
     def _transition(self, event: str) -> None:
-        new = _TRANSITIONS.get((self._state, event))
+        state = self._state
+        new = _TRANSITIONS.get((state & _LIFE, event))
         if new is None:
-            raise UringInternalError(f"illegal transition {event!r} from {self.state.name} for {self!r}")
-        self._state = new
+            raise self._illegal(event)
+        self._state = state & ~_LIFE | new
+
+    def _illegal(self, event: str) -> UringInternalError:
+        """The one error for an event ``_TRANSITIONS`` does not allow in the current state."""
+        return UringInternalError(f"illegal transition {event!r} from {self.state.name} for {self!r}")
 
     def _release(self) -> None:
         """THE place where memory lent to the kernel is given back (after the final CQE)."""
         pins = self._pins
         if pins:
             for pin in pins:
-                if isinstance(pin, ffi.CData):
-                    ffi.release(pin)
+                if isinstance(pin, _CData):
+                    _ffi_release(pin)
                 elif isinstance(pin, MsgHdr):
                     pin.release_pins()
-            self._pins = ()
+            self._pins = _NO_PINS
         self.ring._pinned_bytes -= self.pinned_bytes
 
     def _dispose(self, res: int | None, flags: int) -> None:
@@ -259,27 +343,29 @@ class Operation:
             self.buffers.recycle(flags >> _BUFFER_SHIFT)
 
     def _complete(self, res: int, flags: int) -> None:
+        """The final CQE: ``Ring._dispatch`` inlines this for CQEs without flags; keep them alike."""
         self._transition("final")
         if self.result is None:  # else: the result CQE came first (result_on_more)
             self.result = res
             self.cqe_flags = flags
-        self._release()
+        if self._pins is not _NO_PINS:
+            self._release()
         callback = self.callback
         self.callback = None
         self.on_more = None
-        if self.abandoned:
+        if self._state & _F_ABANDONED:
             self._dispose(res, flags)
         elif callback is not None:
             callback(self)
 
     def _intermediate(self, res: int, flags: int) -> None:
-        if self.facts.result_on_more and not self.multishot:
+        if self._state & _F_MULTISHOT == 0 and _facts_get(self.opcode, _DEFAULT_FACTS).result_on_more:
             # The result CQE (SEND_ZC's byte count): the memory stays lent until the final one.
             self.result = res
             self.cqe_flags = flags
             return
         on_more = self.on_more
-        if on_more is not None and not self.abandoned:
+        if on_more is not None and not self._state & _F_ABANDONED:
             on_more(self, res, flags)
         else:
             self._dispose(res, flags)  # e.g. a multishot accept's fd that nobody will take
@@ -299,6 +385,38 @@ def _check_fd(fd: int) -> int:
     if not isinstance(fd, int) or fd < 0:
         raise ValueError(f"file descriptor must be a non-negative int, got {fd!r}")
     return fd
+
+
+def _timeout_ns(timeout: float) -> int:
+    """``Ring.wait``'s timeout in ns for ``aur_wait`` (-1: no limit), for anything but None and 0."""
+    if timeout == math.inf:
+        return -1
+    if timeout <= 0:
+        return 0
+    if timeout < _MAX_WAIT_S:
+        return max(int(timeout * 1e9), 1)
+    if timeout >= _MAX_WAIT_S:
+        return _MAX_WAIT_NS
+    raise ValueError("timeout must not be NaN")
+
+
+def _raise_dispatch_errors(errors: list[BaseException]) -> None:
+    """Raise what the callbacks of one dispatched batch raised (see ``Ring._dispatch``)."""
+    stop = next((e for e in errors if isinstance(e, (KeyboardInterrupt, SystemExit))), None)
+    others = [e for e in errors if e is not stop]
+    if stop is None:
+        group = BaseExceptionGroup("errors raised while dispatching completions", others)
+        raise UringInternalError(f"{len(others)} error(s) while dispatching completions") from group
+    if others:
+        report = UringInternalError(
+            f"{len(others)} other error(s) while dispatching the completions that raised {stop!r}"
+        )
+        report.__cause__ = BaseExceptionGroup("errors raised while dispatching completions", others)
+        if stop.__cause__ is None:
+            stop.__cause__ = report
+        else:
+            stop.add_note(f"anyio_uring: {report}: {others!r}")
+    raise stop
 
 
 def _path_pin(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> Any:
@@ -329,7 +447,12 @@ class Ring:
         self._owner = threading.get_ident()
         self._pid = os.getpid()
         self._ops: dict[int, Operation] = {}
-        self._next_ud = 1
+        self._next_cancel_ud = 1
+        #: The user_data of the newest SQE queued from Python (an operation's or a cancel's):
+        #: it changes whenever anything is queued, so the run loop can compare it with the
+        #: value it saw at its last harvest.  A plain attribute (no int is made per operation):
+        #: the loop reads it every tick.
+        self._queue_mark = 0
         self._pinned_bytes = 0
         self._closed = False
         self._forked = False
@@ -385,6 +508,12 @@ class Ring:
         return int(self._c.ring_fd)
 
     @property
+    def _next_ud(self) -> int:
+        """The user_data the next operation will get (slot + 1), from the C core's SQE count.
+        Loops that only need "was anything queued?" read the cheaper ``_queue_mark``."""
+        return int(self._c.sq_written) + 1
+
+    @property
     def inflight(self) -> int:
         """Number of operations whose final CQE has not been reaped."""
         return len(self._ops)
@@ -438,121 +567,188 @@ class Ring:
         opcode: int,
         prep: Callable[..., int],
         args: tuple[Any, ...],
-        pins: tuple[Any, ...] = (),
+        pins: tuple[Any, ...] = _NO_PINS,
         nbytes: int = 0,
         output: Any = None,
-        *,
-        multishot: bool = False,
+        multishot: bool = False,  # not keyword-only: kw-only defaults cost a dict lookup per call
     ) -> Operation:
-        if self._closed or threading.get_ident() != self._owner:
-            self._check_usable()
-        ud = self._next_ud
-        self._next_ud = ud + 1
-        op = Operation(self, ud, opcode, pins, nbytes, output, multishot)
-        slot = prep(self._c, ud, *args)
+        """Write one SQE with ``prep(*args)`` and enter its operation in the ledger.
+
+        ``args`` are the prep function's whole argument list, starting with ``self._c`` and
+        ``_FROM_SLOT``: the C core gives the SQE the user_data ``slot + 1``, which is never
+        reused (``slot`` counts every SQE the ring ever wrote) and never has the top bit set.
+        The caller's tuple is passed on as it is.  No Python-side check happens here: the prep
+        refuses a closed or forked ring (-EBADFD) and a thread that does not own the ring
+        (-AUR_EWRONGTHREAD) before it touches anything, and ``_prep_failed`` turns those into
+        the errors ``_check_usable`` raises.
+        """
+        op = Operation()  # before the SQE exists: past the prep call, nothing may fail
+        op.ring = self
+        op.opcode = opcode
+        op._state = _F_MULTISHOT if multishot else _PENDING
+        op._pins = pins
+        op.pinned_bytes = nbytes
+        op.output = output
+        op.buffers = None
+        op.result = None
+        op.cqe_flags = None
+        op.callback = None
+        op.on_more = None
+        slot = prep(*args)
         if slot < 0:
-            slot = self._prep_failed(slot, prep, ud, args)
-        op.slot = slot
+            slot = self._prep_failed(slot, prep, args)
+        op.user_data = ud = slot + 1
         self._ops[ud] = op
-        self._pinned_bytes += nbytes
+        self._queue_mark = ud
+        if nbytes:
+            self._pinned_bytes += nbytes
         return op
 
-    def _prep_failed(self, rc: int, prep: Callable[..., int], ud: int, args: tuple[Any, ...]) -> int:
+    def _prep_failed(self, rc: int, prep: Callable[..., int], args: tuple[Any, ...]) -> int:
         # -EBUSY: the SQ is full and the kernel would not take more; reap and retry.
         for _ in range(100):
             if rc != -errno.EBUSY:
                 break
             self.wait(timeout=0.01)
-            rc = prep(self._c, ud, *args)
+            rc = prep(*args)
             if rc >= 0:
                 return rc
         if rc == -_EBADFD:
             self._closed = True
-            self._check_usable()
+        self._check_usable()  # a closed or forked ring, or another thread (-AUR_EWRONGTHREAD)
         raise OSError(-rc, f"cannot queue an io_uring operation: {os.strerror(-rc)}")
 
     # -- prep methods: one per opcode -------------------------------------------------------
 
     def nop(self, sqe_flags: int = 0) -> Operation:
-        return self._queue(OP_NOP, lib.aur_prep_nop, (sqe_flags,))
+        return self._queue(OP_NOP, _prep_nop, (self._c, _FROM_SLOT, sqe_flags))
 
     def read(self, fd: int, buf: Any, offset: int = -1, sqe_flags: int = 0) -> Operation:
         """Read into the writable buffer ``buf`` at ``offset`` (-1: the file position)."""
-        pin = ffi.from_buffer(buf, require_writable=True)
-        n = min(len(pin), _MAX_RW)
-        args = (sqe_flags, _check_fd(fd), pin, n, offset & _U64)
-        return self._queue(OP_READ, lib.aur_prep_read, args, (pin,), len(pin))
+        pin = _from_buffer(_BYTES, buf, True)  # writable; positional: keywords cost ~1800 instructions
+        n = len(pin)
+        args = (
+            self._c,
+            _FROM_SLOT,
+            sqe_flags,
+            _check_fd(fd),
+            pin,
+            n if n < _MAX_RW else _MAX_RW,
+            offset & _U64,
+        )
+        return self._queue(OP_READ, _prep_read, args, (pin,), n)
 
     def write(self, fd: int, data: Any, offset: int = -1, sqe_flags: int = 0) -> Operation:
         """Write the bytes-like ``data`` at ``offset`` (-1: the file position)."""
-        pin = ffi.from_buffer(data)
-        n = min(len(pin), _MAX_RW)
-        args = (sqe_flags, _check_fd(fd), pin, n, offset & _U64)
-        return self._queue(OP_WRITE, lib.aur_prep_write, args, (pin,), len(pin))
+        pin = _from_buffer(_BYTES, data)
+        n = len(pin)
+        args = (
+            self._c,
+            _FROM_SLOT,
+            sqe_flags,
+            _check_fd(fd),
+            pin,
+            n if n < _MAX_RW else _MAX_RW,
+            offset & _U64,
+        )
+        return self._queue(OP_WRITE, _prep_write, args, (pin,), n)
 
     def recv(self, fd: int, buf: Any, flags: int = 0, sqe_flags: int = 0) -> Operation:
-        pin = ffi.from_buffer(buf, require_writable=True)
-        args = (sqe_flags, _check_fd(fd), pin, min(len(pin), _MAX_RW), flags, 0, 0)
-        return self._queue(OP_RECV, lib.aur_prep_recv, args, (pin,), len(pin))
+        pin = _from_buffer(_BYTES, buf, True)
+        n = len(pin)
+        args = (
+            self._c,
+            _FROM_SLOT,
+            sqe_flags,
+            _check_fd(fd),
+            pin,
+            n if n < _MAX_RW else _MAX_RW,
+            flags,
+            0,
+            0,
+        )
+        return self._queue(OP_RECV, _prep_recv, args, (pin,), n)
 
     def recv_select(
         self, fd: int, buffers: Any, length: int = 0, flags: int = 0, *, multishot: bool = False
     ) -> Operation:
         """Receive into a buffer the kernel picks from ``buffers`` (a ProvidedBufferRing)."""
-        ioprio = lib.AUR_RECV_MULTISHOT if multishot else 0
-        args = (lib.AUR_SQE_BUFFER_SELECT, _check_fd(fd), ffi.NULL, length, flags, ioprio, buffers.bgid)
-        op = self._queue(OP_RECV, lib.aur_prep_recv, args, (buffers,), multishot=multishot)
+        ioprio = _RECV_MULTISHOT if multishot else 0
+        args = (
+            self._c,
+            _FROM_SLOT,
+            _SQE_BUFFER_SELECT,
+            _check_fd(fd),
+            ffi.NULL,
+            length,
+            flags,
+            ioprio,
+            buffers.bgid,
+        )
+        op = self._queue(OP_RECV, _prep_recv, args, (buffers,), multishot=multishot)
         op.buffers = buffers
         return op
 
     def send(self, fd: int, data: Any, flags: int = 0, sqe_flags: int = 0) -> Operation:
-        pin = ffi.from_buffer(data)
-        args = (sqe_flags, _check_fd(fd), pin, min(len(pin), _MAX_RW), flags)
-        return self._queue(OP_SEND, lib.aur_prep_send, args, (pin,), len(pin))
+        pin = _from_buffer(_BYTES, data)
+        n = len(pin)
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), pin, n if n < _MAX_RW else _MAX_RW, flags)
+        return self._queue(OP_SEND, _prep_send, args, (pin,), n)
 
     def send_zc(self, fd: int, data: Any, flags: int = 0, zc_flags: int = 0, sqe_flags: int = 0) -> Operation:
         """Zero-copy send: ``result`` is the byte count (from the CQE with ``F_MORE``); the
         callback runs, and ``data`` is released, only on the ``F_NOTIF`` CQE that says the kernel
         no longer reads it (on loopback tens of ms later; KERNEL-FACTS section 4)."""
-        pin = ffi.from_buffer(data)
-        args = (sqe_flags, _check_fd(fd), pin, min(len(pin), _MAX_RW), flags, zc_flags)
-        return self._queue(OP_SEND_ZC, lib.aur_prep_send_zc, args, (pin,), len(pin))
+        pin = _from_buffer(_BYTES, data)
+        n = len(pin)
+        count = n if n < _MAX_RW else _MAX_RW
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), pin, count, flags, zc_flags)
+        return self._queue(OP_SEND_ZC, _prep_send_zc, args, (pin,), n)
 
     def sendmsg(self, fd: int, msg: MsgHdr, flags: int = 0, sqe_flags: int = 0) -> Operation:
         """Send a prepared :class:`MsgHdr` (it holds the memory the kernel reads)."""
-        args = (sqe_flags, _check_fd(fd), msg.ptr, flags)
-        return self._queue(OP_SENDMSG, lib.aur_prep_sendmsg, args, (msg,), msg.nbytes)
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), msg.ptr, flags)
+        return self._queue(OP_SENDMSG, _prep_sendmsg, args, (msg,), msg.nbytes)
 
     def recvmsg(self, fd: int, msg: MsgHdr, flags: int = 0, sqe_flags: int = 0) -> Operation:
         """Receive into a prepared :class:`MsgHdr` (writable buffers)."""
-        args = (sqe_flags, _check_fd(fd), msg.ptr, flags)
-        return self._queue(OP_RECVMSG, lib.aur_prep_recvmsg, args, (msg,), msg.nbytes)
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), msg.ptr, flags)
+        return self._queue(OP_RECVMSG, _prep_recvmsg, args, (msg,), msg.nbytes)
 
     def accept(self, fd: int, flags: int = 0, *, multishot: bool = False, sqe_flags: int = 0) -> Operation:
         """Accept a connection; ``output`` is (sockaddr buffer, socklen) unless multishot."""
         if multishot:
-            args = (sqe_flags, _check_fd(fd), ffi.NULL, ffi.NULL, flags, lib.AUR_ACCEPT_MULTISHOT)
-            return self._queue(OP_ACCEPT, lib.aur_prep_accept, args, multishot=True)
+            args = (
+                self._c,
+                _FROM_SLOT,
+                sqe_flags,
+                _check_fd(fd),
+                ffi.NULL,
+                ffi.NULL,
+                flags,
+                _ACCEPT_MULTISHOT,
+            )
+            return self._queue(OP_ACCEPT, _prep_accept, args, multishot=True)
         addr = ffi.new("char[128]")
         addrlen = ffi.new("uint32_t *", 128)
-        args = (sqe_flags, _check_fd(fd), addr, addrlen, flags, 0)
-        return self._queue(OP_ACCEPT, lib.aur_prep_accept, args, (), 0, (addr, addrlen))
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), addr, addrlen, flags, 0)
+        return self._queue(OP_ACCEPT, _prep_accept, args, (), 0, (addr, addrlen))
 
     def connect(self, fd: int, sockaddr: bytes, sqe_flags: int = 0) -> Operation:
         """Connect to a raw ``struct sockaddr`` (see ``_sockaddr``)."""
         pin = ffi.new("char[]", sockaddr)
-        args = (sqe_flags, _check_fd(fd), pin, len(sockaddr))
-        return self._queue(OP_CONNECT, lib.aur_prep_connect, args, (pin,))
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), pin, len(sockaddr))
+        return self._queue(OP_CONNECT, _prep_connect, args, (pin,))
 
     def shutdown(self, fd: int, how: int, sqe_flags: int = 0) -> Operation:
-        return self._queue(OP_SHUTDOWN, lib.aur_prep_shutdown, (sqe_flags, _check_fd(fd), how))
+        return self._queue(OP_SHUTDOWN, _prep_shutdown, (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), how))
 
     def close_fd(self, fd: int, sqe_flags: int = 0) -> Operation:
-        return self._queue(OP_CLOSE, lib.aur_prep_close, (sqe_flags, _check_fd(fd)))
+        return self._queue(OP_CLOSE, _prep_close, (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd)))
 
     def socket(self, domain: int, type: int, protocol: int = 0, sqe_flags: int = 0) -> Operation:
-        args = (sqe_flags, domain, type, protocol)
-        return self._queue(OP_SOCKET, lib.aur_prep_socket, args)
+        args = (self._c, _FROM_SLOT, sqe_flags, domain, type, protocol)
+        return self._queue(OP_SOCKET, _prep_socket, args)
 
     def openat(
         self,
@@ -563,8 +759,8 @@ class Ring:
         sqe_flags: int = 0,
     ) -> Operation:
         pin = _path_pin(path)
-        args = (sqe_flags, dirfd, pin, flags, mode)
-        return self._queue(OP_OPENAT, lib.aur_prep_openat, args, (pin,))
+        args = (self._c, _FROM_SLOT, sqe_flags, dirfd, pin, flags, mode)
+        return self._queue(OP_OPENAT, _prep_openat, args, (pin,))
 
     def statx(
         self, dirfd: int, path: str | bytes | os.PathLike[Any], flags: int, mask: int, sqe_flags: int = 0
@@ -572,23 +768,27 @@ class Ring:
         """``output`` is the 256-byte ``struct statx`` (decode with ``_files``)."""
         pin = _path_pin(path)
         buf = ffi.new("char[256]")
-        args = (sqe_flags, dirfd, pin, flags, mask, buf)
-        return self._queue(OP_STATX, lib.aur_prep_statx, args, (pin,), 0, buf)
+        args = (self._c, _FROM_SLOT, sqe_flags, dirfd, pin, flags, mask, buf)
+        return self._queue(OP_STATX, _prep_statx, args, (pin,), 0, buf)
 
     def fsync(self, fd: int, *, datasync: bool = False, sqe_flags: int = 0) -> Operation:
-        args = (sqe_flags, _check_fd(fd), lib.AUR_FSYNC_DATASYNC if datasync else 0)
-        return self._queue(OP_FSYNC, lib.aur_prep_fsync, args)
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), _FSYNC_DATASYNC if datasync else 0)
+        return self._queue(OP_FSYNC, _prep_fsync, args)
 
     def ftruncate(self, fd: int, length: int, sqe_flags: int = 0) -> Operation:
         if length < 0:
             raise ValueError(f"negative size value {length}")
-        return self._queue(OP_FTRUNCATE, lib.aur_prep_ftruncate, (sqe_flags, _check_fd(fd), length))
+        return self._queue(
+            OP_FTRUNCATE, _prep_ftruncate, (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), length)
+        )
 
     def unlinkat(
         self, dirfd: int, path: str | bytes | os.PathLike[Any], flags: int = 0, sqe_flags: int = 0
     ) -> Operation:
         pin = _path_pin(path)
-        return self._queue(OP_UNLINKAT, lib.aur_prep_unlinkat, (sqe_flags, dirfd, pin, flags), (pin,))
+        return self._queue(
+            OP_UNLINKAT, _prep_unlinkat, (self._c, _FROM_SLOT, sqe_flags, dirfd, pin, flags), (pin,)
+        )
 
     def renameat(
         self,
@@ -600,14 +800,16 @@ class Ring:
         sqe_flags: int = 0,
     ) -> Operation:
         return self._path_pair(
-            OP_RENAMEAT, lib.aur_prep_renameat, olddirfd, oldpath, newdirfd, newpath, flags, sqe_flags
+            OP_RENAMEAT, _prep_renameat, olddirfd, oldpath, newdirfd, newpath, flags, sqe_flags
         )
 
     def mkdirat(
         self, dirfd: int, path: str | bytes | os.PathLike[Any], mode: int = 0o777, sqe_flags: int = 0
     ) -> Operation:
         pin = _path_pin(path)
-        return self._queue(OP_MKDIRAT, lib.aur_prep_mkdirat, (sqe_flags, dirfd, pin, mode), (pin,))
+        return self._queue(
+            OP_MKDIRAT, _prep_mkdirat, (self._c, _FROM_SLOT, sqe_flags, dirfd, pin, mode), (pin,)
+        )
 
     def symlinkat(
         self,
@@ -617,8 +819,8 @@ class Ring:
         sqe_flags: int = 0,
     ) -> Operation:
         tgt, link = _path_pin(target), _path_pin(linkpath)
-        args = (sqe_flags, tgt, newdirfd, link)
-        return self._queue(OP_SYMLINKAT, lib.aur_prep_symlinkat, args, (tgt, link))
+        args = (self._c, _FROM_SLOT, sqe_flags, tgt, newdirfd, link)
+        return self._queue(OP_SYMLINKAT, _prep_symlinkat, args, (tgt, link))
 
     def linkat(
         self,
@@ -630,7 +832,7 @@ class Ring:
         sqe_flags: int = 0,
     ) -> Operation:
         return self._path_pair(
-            OP_LINKAT, lib.aur_prep_linkat, olddirfd, oldpath, newdirfd, newpath, flags, sqe_flags
+            OP_LINKAT, _prep_linkat, olddirfd, oldpath, newdirfd, newpath, flags, sqe_flags
         )
 
     def _path_pair(
@@ -646,11 +848,13 @@ class Ring:
     ) -> Operation:
         """RENAMEAT and LINKAT take the same (dirfd, path) pair twice."""
         old, new = _path_pin(oldpath), _path_pin(newpath)
-        return self._queue(opcode, prep, (sqe_flags, olddirfd, old, newdirfd, new, flags), (old, new))
+        return self._queue(
+            opcode, prep, (self._c, _FROM_SLOT, sqe_flags, olddirfd, old, newdirfd, new, flags), (old, new)
+        )
 
     def poll_add(self, fd: int, events: int, *, multishot: bool = False, sqe_flags: int = 0) -> Operation:
-        args = (sqe_flags, _check_fd(fd), events, 1 if multishot else 0)
-        return self._queue(OP_POLL_ADD, lib.aur_prep_poll_add, args, multishot=multishot)
+        args = (self._c, _FROM_SLOT, sqe_flags, _check_fd(fd), events, 1 if multishot else 0)
+        return self._queue(OP_POLL_ADD, _prep_poll_add, args, multishot=multishot)
 
     def timeout(self, seconds: float, sqe_flags: int = 0) -> Operation:
         """A relative timer; completes with ``-ETIME`` when it expires."""
@@ -658,13 +862,13 @@ class Ring:
             raise ValueError("timeout must be non-negative")
         ns = int(seconds * 1e9)
         ts = ffi.new("int64_t[2]", [ns // 1_000_000_000, ns % 1_000_000_000])
-        return self._queue(OP_TIMEOUT, lib.aur_prep_timeout, (sqe_flags, ts, 0, 0), (ts,))
+        return self._queue(OP_TIMEOUT, _prep_timeout, (self._c, _FROM_SLOT, sqe_flags, ts, 0, 0), (ts,))
 
     def waitid(self, idtype: int, id: int, options: int, sqe_flags: int = 0) -> Operation:
         """``output`` is a 128-byte ``siginfo_t``.  Note: WAITID reaps the child."""
         info = ffi.new("char[128]")
-        args = (sqe_flags, idtype, id, info, options)
-        return self._queue(OP_WAITID, lib.aur_prep_waitid, args, (), 0, info)
+        args = (self._c, _FROM_SLOT, sqe_flags, idtype, id, info, options)
+        return self._queue(OP_WAITID, _prep_waitid, args, (), 0, info)
 
     # -- cancellation -----------------------------------------------------------------------
 
@@ -678,7 +882,7 @@ class Ring:
         """
         if op.ring is not self:
             raise ValueError(f"{op!r} does not belong to {self!r}")
-        if op._state != _PENDING or not op.facts.cancellable:
+        if op._state & _LIFE != _PENDING or not op.facts.cancellable:
             return False  # done, cancel already requested, or never to be withdrawn (CLOSE)
         self._check_usable()
         if lib.aur_withdraw(self._c, op.slot, op.user_data):
@@ -694,8 +898,8 @@ class Ring:
         # Queue the ASYNC_CANCEL first: if that fails (SQ full after retries, ring gone) the
         # operation keeps its state, so a later cancel tries again instead of believing one is
         # on its way.  Queueing may reap CQEs (SQ full): the operation can finish meanwhile.
-        self._queue_internal(lib.aur_prep_cancel, (0, op.user_data, 0, 0))
-        if op._state == _PENDING:
+        self._queue_internal(_prep_cancel, (0, op.user_data, 0, 0))
+        if op._state & _LIFE == _PENDING:
             op._transition("cancel")
         return False
 
@@ -705,17 +909,17 @@ class Ring:
         Call it *before* closing ``fd``: afterwards the kernel cannot resolve the number.  The
         operations' states do not change here; their final CQEs arrive as usual.
         """
-        self._queue_internal(
-            lib.aur_prep_cancel, (0, 0, _check_fd(fd), lib.AUR_CANCEL_FD | lib.AUR_CANCEL_ALL)
-        )
+        self._queue_internal(_prep_cancel, (0, 0, _check_fd(fd), lib.AUR_CANCEL_FD | lib.AUR_CANCEL_ALL))
 
     def _queue_internal(self, prep: Callable[..., int], args: tuple[Any, ...]) -> None:
         self._check_usable()
-        ud = _TAG_CANCEL | (self._next_ud & ~_TAG_CANCEL)
-        self._next_ud += 1
-        rc = prep(self._c, ud, *args)
+        ud = _TAG_CANCEL | (self._next_cancel_ud & ~_TAG_CANCEL)
+        self._next_cancel_ud += 1
+        self._queue_mark = ud
+        full = (self._c, ud, *args)
+        rc = prep(*full)
         if rc < 0:
-            self._prep_failed(rc, prep, ud, args)
+            self._prep_failed(rc, prep, full)
 
     # -- the loop's one wait ----------------------------------------------------------------
 
@@ -734,34 +938,47 @@ class Ring:
         Returns the number of completions dispatched (0 on timeout or signal).  A timeout of
         ``math.inf`` is no limit; a finite one beyond ~146 years is clamped to that (so a far
         deadline, e.g. ``sleep(sys.maxsize)``, waits "forever" instead of overflowing).
+
+        ``wait(0)`` with nothing queued and nothing to reap -- no SQE, no CQE, no deferred
+        completion flagged by ``IORING_SQ_TASKRUN``, no CQ overflow -- returns after one
+        ``aur_has_work`` call, which reads the ring's shared memory (no system call, the GIL
+        kept).  Otherwise one ``aur_wait`` call; the GIL is released only if it may block or
+        submits (build.py).  ``aur_wait`` refuses a closed or forked ring and another thread.
         """
-        self._check_usable()
-        if timeout is None or timeout == math.inf:
+        c = self._c
+        if timeout is None:
             t_ns = -1
-        elif timeout <= 0:
+        elif timeout == 0:
+            if not _aur_has_work(c):  # one cheap call: the loop polls like this after every batch
+                return 0
             t_ns = 0
-        elif timeout < _MAX_WAIT_S:
-            t_ns = max(int(timeout * 1e9), 1)
-        elif timeout >= _MAX_WAIT_S:
-            t_ns = _MAX_WAIT_NS
         else:
-            raise ValueError("timeout must not be NaN")
+            t_ns = _timeout_ns(timeout)
+        rc = _aur_wait(c, min_complete, t_ns, self._out, self._cap)
+        if rc <= 0:
+            return self._wait_failed(rc, 0) if rc else 0
         total = 0
-        rc = lib.aur_wait(self._c, min_complete, t_ns, self._out, self._cap)
         while True:
-            if rc < 0:
-                if rc == -errno.EINTR:
-                    return total
-                if rc == -_EBADFD:
-                    self._closed = True
-                    self._check_usable()
-                raise OSError(-rc, f"io_uring_enter failed: {os.strerror(-rc)}")
-            if rc:
-                total += rc
-                self._dispatch(self._out_view[: rc * 16].tobytes())
-            if not self._c.more:
+            total += rc
+            # A copy: a callback may reach another wait (a prep that finds the SQ full and the
+            # kernel refusing), which refills self._out while this batch is being dispatched.
+            self._dispatch(self._out_view[: rc << 4].tobytes())
+            # `more` is worth a look only after a full array: otherwise aur_wait stopped because
+            # the CQ was empty, and what completes from now on is the next wait's to reap.
+            if rc < self._cap or not c.more:
                 return total
-            rc = lib.aur_wait(self._c, 0, 0, self._out, self._cap)
+            rc = _aur_wait(c, 0, 0, self._out, self._cap)
+            if rc <= 0:
+                return self._wait_failed(rc, total) if rc else total
+
+    def _wait_failed(self, rc: int, total: int) -> int:
+        """``aur_wait`` returned ``rc < 0``: raise, or return ``total`` if a signal interrupted."""
+        if rc == -errno.EINTR:
+            return total
+        if rc == -_EBADFD:
+            self._closed = True
+        self._check_usable()  # a closed or forked ring, or another thread (-AUR_EWRONGTHREAD)
+        raise OSError(-rc, f"io_uring_enter failed: {os.strerror(-rc)}")
 
     def _dispatch(self, data: bytes) -> None:
         """Deliver each CQE in ``data`` (packed ``aur_cqe`` records) to its operation, in order.
@@ -781,45 +998,62 @@ class Ring:
           (Base)ExceptionGroup of every error, in CQE order.
         """
         ops = self._ops
+        pop = ops.pop
         errors: list[BaseException] = []
-        for ud, res, flags in _CQE.iter_unpack(data):
-            op = ops.get(ud)
-            if op is None:
-                if ud & _TAG_CANCEL:
-                    self.cancel_cqes += 1
-                else:
-                    self.rejected_cqes += 1
-                continue
-            if flags & _F_BUFFER and op.buffers is not None:
-                try:
-                    op.buffers._reaped(res, flags)
-                except BaseException as exc:  # the CQE still goes to its op below
-                    errors.append(exc)
-            try:
-                if flags & _F_MORE:
-                    op._intermediate(res, flags)
-                else:
-                    del ops[ud]
-                    op._complete(res, flags)
-            except BaseException as exc:  # keep dispatching: every CQE must reach its op
-                errors.append(exc)
-        if not errors:
-            return
-        stop = next((e for e in errors if isinstance(e, (KeyboardInterrupt, SystemExit))), None)
-        others = [e for e in errors if e is not stop]
-        if stop is None:
-            group = BaseExceptionGroup("errors raised while dispatching completions", others)
-            raise UringInternalError(f"{len(others)} error(s) while dispatching completions") from group
-        if others:
-            report = UringInternalError(
-                f"{len(others)} other error(s) while dispatching the completions that raised {stop!r}"
-            )
-            report.__cause__ = BaseExceptionGroup("errors raised while dispatching completions", others)
-            if stop.__cause__ is None:
-                stop.__cause__ = report
+        for ud, res, flags in _iter_cqes(data):
+            if flags == 0 or not flags & _F_MORE_OR_BUFFER:
+                op = pop(ud, None)
+                if op is not None:
+                    # Operation._complete, inlined: a final CQE without MORE/BUFFER is the rule.
+                    try:
+                        state = _AFTER_FINAL[op._state]
+                        if state is None:
+                            raise op._illegal("final")
+                        op._state = state
+                        if op.result is None:  # else: the result CQE came first (result_on_more)
+                            op.result = res
+                            op.cqe_flags = flags
+                        if op._pins is not _NO_PINS:
+                            op._release()
+                        callback = op.callback
+                        op.callback = None
+                        op.on_more = None
+                        if state >= _F_ABANDONED:
+                            op._dispose(res, flags)
+                        elif callback is not None:
+                            callback(op)
+                    except BaseException as exc:  # keep dispatching: every CQE must reach its op
+                        errors.append(exc)
+                    continue
             else:
-                stop.add_note(f"anyio_uring: {report}: {others!r}")
-        raise stop
+                op = ops.get(ud)
+                if op is not None:
+                    self._dispatch_flagged(op, ud, res, flags, errors)
+                    continue
+            if ud & _TAG_CANCEL:
+                self.cancel_cqes += 1
+            else:
+                self.rejected_cqes += 1
+        if errors:
+            _raise_dispatch_errors(errors)
+
+    def _dispatch_flagged(
+        self, op: Operation, ud: int, res: int, flags: int, errors: list[BaseException]
+    ) -> None:
+        """A CQE with ``F_MORE`` or ``F_BUFFER`` (see ``_dispatch``); errors go to ``errors``."""
+        if flags & _F_BUFFER and op.buffers is not None:
+            try:
+                op.buffers._reaped(res, flags)
+            except BaseException as exc:  # the CQE still goes to its op below
+                errors.append(exc)
+        try:
+            if flags & _F_MORE:
+                op._intermediate(res, flags)
+            else:
+                del self._ops[ud]
+                op._complete(res, flags)
+        except BaseException as exc:  # keep dispatching: every CQE must reach its op
+            errors.append(exc)
 
     # -- buffer rings ------------------------------------------------------------------------
 
@@ -865,7 +1099,7 @@ class Ring:
             if self._ops:  # the drain was interrupted (a callback raised): never free their memory
                 _ABANDONED.extend(self._ops.values())
                 for op in self._ops.values():
-                    op.abandoned = True
+                    op._state |= _F_ABANDONED
                 self._ops.clear()
             for bgid, br in list(self._buffer_rings.items()):
                 self._buffer_rings.pop(bgid, None)
@@ -898,7 +1132,7 @@ class Ring:
             stuck = list(self._ops.values())
             _ABANDONED.extend(stuck)
             for op in stuck:
-                op.abandoned = True
+                op._state |= _F_ABANDONED
             self._ops.clear()
             warnings.warn(
                 f"{len(stuck)} io_uring operation(s) did not finish within {drain_timeout}s of "
