@@ -46,7 +46,7 @@ from collections.abc import (
 )
 from contextlib import AbstractContextManager
 from contextvars import copy_context
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -144,17 +144,14 @@ class UringBackend(anyio.abc.AsyncBackend):
     def cancelled_exception_class(cls) -> type[BaseException]:
         return Cancelled
 
-    @classmethod
-    async def checkpoint(cls) -> None:
-        await _checkpoint()
-
-    @classmethod
-    async def checkpoint_if_cancelled(cls) -> None:
-        await _checkpoint_if_cancelled()
-
-    @classmethod
-    async def cancel_shielded_checkpoint(cls) -> None:
-        await _cancel_shielded_checkpoint()
+    # The runtime's own checkpoints, not wrappers around them: ``anyio.lowlevel.checkpoint()``
+    # then costs one generator frame here, not a coroutine frame more.  (They are awaitable
+    # generators, not coroutine objects; anyio only ever awaits them.)
+    checkpoint = staticmethod(cast("Callable[[], Coroutine[Any, Any, None]]", _checkpoint))
+    checkpoint_if_cancelled = staticmethod(_checkpoint_if_cancelled)
+    cancel_shielded_checkpoint = staticmethod(
+        cast("Callable[[], Coroutine[Any, Any, None]]", _cancel_shielded_checkpoint)
+    )
 
     @classmethod
     async def sleep(cls, delay: float) -> None:
