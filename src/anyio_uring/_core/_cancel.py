@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 from .._ring import OwnedFd
 
+_INF: Final = math.inf
+
 __all__ = [
     "CancelScope",
     "CancelStatus",
@@ -72,12 +74,19 @@ class CancelStatus:
 
     def __init__(self, scope: CancelScope, parent: CancelStatus | None) -> None:
         self.scope = scope
-        self._parent: CancelStatus | None = None
+        self._parent = parent
         self.children: set[CancelStatus] = set()
         self.tasks: set[Task] = set()
-        self.effectively_cancelled = False
         self.abandoned_by_misnesting = False
-        self.parent = parent
+        # What ``self.parent = parent`` and ``recalculate()`` would give, without their walk:
+        # a new status has no tasks and no children to tell.
+        if parent is None:
+            self.effectively_cancelled = scope._cancel_called
+        else:
+            parent.children.add(self)
+            self.effectively_cancelled = scope._cancel_called or (
+                not scope._shield and parent.effectively_cancelled
+            )
 
     @property
     def parent(self) -> CancelStatus | None:
@@ -143,6 +152,14 @@ class CancelStatus:
         return False
 
     def close(self) -> None:
+        if not (self.tasks or self.children):
+            # The usual case: nothing is left under this status, so detaching it tells nobody.
+            parent = self._parent
+            if parent is not None:
+                parent.children.discard(self)
+                self._parent = None
+            self.effectively_cancelled = self.scope._cancel_called
+            return
         self.parent = None
         if self.tasks or self.children:
             # Scopes were exited out of order: leave the dangling subtree cancelled and detached
@@ -179,30 +196,57 @@ class CancelScope:
         "cancelled_caught",
     )
 
-    def __init__(
-        self, *, deadline: float = math.inf, shield: bool = False, relative_deadline: float = math.inf
-    ) -> None:
-        if math.isnan(deadline):
-            raise ValueError("deadline must not be NaN")
-        if math.isnan(relative_deadline):
-            raise ValueError("relative deadline must not be NaN")
-        if relative_deadline < 0:
-            raise ValueError("timeout must be non-negative")
-        if math.inf not in (relative_deadline, deadline):
-            raise ValueError("Cannot specify both a deadline and a relative deadline")
-        if not isinstance(shield, bool):
+    _deadline: float
+    _relative_deadline: float
+    _shield: bool
+    _cancel_called: bool
+    _cancel_source: str | None
+    _cancel_status: CancelStatus | None
+    _has_been_entered: bool
+    _runner: Runner | None
+    _timer: list[Any] | None
+    cancelled_caught: bool
+    cancel_reason: str | None
+
+    # Built in __new__, with object's __init__ (which ignores the arguments when __new__ is
+    # overridden): one frame per scope, and the anyio adapter's subclass is not built twice
+    # when ``anyio.CancelScope(...)`` calls ``__init__`` again on the scope the backend made.
+    def __new__(
+        cls, *, deadline: float = math.inf, shield: bool = False, relative_deadline: float = math.inf
+    ) -> Self:
+        if deadline != _INF or relative_deadline != _INF:  # (NaN is != inf, too)
+            if math.isnan(deadline):
+                raise ValueError("deadline must not be NaN")
+            if math.isnan(relative_deadline):
+                raise ValueError("relative deadline must not be NaN")
+            if relative_deadline < 0:
+                raise ValueError("timeout must be non-negative")
+            if _INF not in (relative_deadline, deadline):
+                raise ValueError("Cannot specify both a deadline and a relative deadline")
+        if shield is not True and shield is not False:
             raise TypeError("shield must be a bool")
+        self = object.__new__(cls)
         self._deadline = deadline
         self._relative_deadline = relative_deadline
         self._shield = shield
         self._cancel_called = False
-        self._cancel_source: str | None = None
-        self._cancel_status: CancelStatus | None = None
+        self._cancel_source = None
+        self._cancel_status = None
         self._has_been_entered = False
-        self._runner: Runner | None = None
-        self._timer: list[Any] | None = None
+        self._runner = None
+        self._timer = None
         self.cancelled_caught = False
-        self.cancel_reason: str | None = None
+        self.cancel_reason = None
+        return self
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *, deadline: float = math.inf, shield: bool = False, relative_deadline: float = math.inf
+        ) -> None: ...
+
+    else:
+        __init__ = object.__init__
 
     def __repr__(self) -> str:
         state = "active" if self._cancel_status is not None else "unbound"
@@ -215,25 +259,57 @@ class CancelScope:
     # -- entering and leaving ---------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        task = current_task()
+        task = GLOBAL.task
+        if task is None:
+            task = current_task()  # raises
         if self._has_been_entered:
             raise RuntimeError("Each CancelScope may only be used for a single 'with' block")
         self._has_been_entered = True
-        self._runner = task._runner
+        runner = self._runner = task._runner
         if self._relative_deadline != math.inf:
-            self._deadline = self._runner.clock.current_time() + self._relative_deadline
+            self._deadline = runner.clock.current_time() + self._relative_deadline
             self._relative_deadline = math.inf
-        if self._runner.clock.current_time() >= self._deadline:
+        if self._deadline != math.inf and runner.clock.current_time() >= self._deadline:
             self._cancel_called = True
             self.cancel_reason = "deadline"
-        self._cancel_status = CancelStatus(self, task._cancel_status)
-        self._update_timer()
-        task._activate_cancel_status(self._cancel_status)
+        parent = task._cancel_status
+        status = self._cancel_status = CancelStatus(self, parent)
+        if self._deadline != math.inf:
+            self._update_timer()
+        # task._activate_cancel_status(status), for the running task: it is not parked, so there
+        # is no pending cancellation to deliver (it raises at its next cancel point).
+        if parent is not None:
+            parent.tasks.discard(task)
+        status.tasks.add(task)
+        task._cancel_status = status
         return self
 
     def __exit__(
         self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        status = self._cancel_status
+        task = GLOBAL.task
+        if (
+            task is not None
+            and status is not None
+            and task._cancel_status is status
+            and not status.effectively_cancelled
+            and self._timer is None
+            and not status.children
+            and len(status.tasks) == 1
+        ):
+            # The usual exit, :meth:`_close` without its cases: the running task leaves its
+            # innermost scope, which nothing cancelled and which has nothing else under it, so
+            # there is no exception to catch and nobody to tell.
+            parent = status._parent
+            status.tasks.clear()
+            task._cancel_status = parent
+            if parent is not None:
+                parent.tasks.add(task)
+                parent.children.discard(status)
+                status._parent = None
+            self._cancel_status = None
+            return False
         remaining = self._close(exc)
         if remaining is None:
             return True
@@ -258,7 +334,9 @@ class CancelScope:
             )
             err.__context__ = exc
             return err
-        task = current_task()
+        task = GLOBAL.task
+        if task is None:
+            task = current_task()  # raises
         if task._cancel_status is not status:
             if status.abandoned_by_misnesting:
                 pass
@@ -277,7 +355,7 @@ class CancelScope:
                 exc = err
                 task._activate_cancel_status(status.parent)
         else:
-            task._activate_cancel_status(status.parent)
+            task._activate_cancel_status(status._parent)
         caused_here = status.effectively_cancelled and not status.parent_cancellation_is_visible_to_us
         if (exc is not None and caused_here) or (
             task._cancel_status is not status and status.abandoned_by_misnesting
@@ -292,7 +370,8 @@ class CancelScope:
                 exc = rest
         status.close()
         self._cancel_status = None
-        self._update_timer()
+        if self._timer is not None:
+            self._update_timer()
         return exc
 
     # -- cancellation -----------------------------------------------------------------------

@@ -197,14 +197,17 @@ class Nursery:
 class NurseryManager:
     """``async with open_nursery() as nursery``."""
 
-    __slots__ = ("_nursery", "_scope")
+    __slots__ = ("_nursery", "_scope", "_scope_type")
 
-    def __init__(self) -> None:
+    def __init__(self, *, scope_type: type[CancelScope] = CancelScope) -> None:
+        #: The class of the nursery's cancel scope (the anyio adapter passes its subclass, so
+        #: that ``TaskGroup.cancel_scope`` is the nursery's scope itself).
+        self._scope_type = scope_type
         self._scope: CancelScope | None = None
         self._nursery: Nursery | None = None
 
     async def __aenter__(self) -> Nursery:
-        scope = CancelScope()
+        scope = self._scope_type()
         scope.__enter__()
         self._scope = scope
         self._nursery = Nursery(current_task(), scope)
