@@ -9,7 +9,7 @@ from collections.abc import (
 )
 from contextvars import Context
 from functools import partial
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
@@ -126,15 +126,15 @@ class TaskGroup(anyio.abc.TaskGroup):
         name: object = None,
         context: Context | None = None,
     ) -> anyio.TaskHandle[T_co]:
-        if not isinstance(coro, Coroutine):
+        if type(coro) is not CoroutineType and not isinstance(coro, Coroutine):
             raise TypeError(f"expected a coroutine, got {coro.__class__.__qualname__}")
         nursery = self._check_active(coro)
-        handle: anyio.TaskHandle[T_co] = anyio.TaskHandle(coro, _coro_name(coro, name))
-        spawn = partial(nursery.start_soon, handle._run_coro, name=handle.name)
-        if context is not None:
-            context.run(spawn)
-        else:
-            spawn()
+        task_name = _coro_name(coro, name)  # a str: the handle's name is the same string
+        handle: anyio.TaskHandle[T_co] = anyio.TaskHandle(coro, task_name)
+        if context is None:
+            nursery.start_soon(handle._run_coro, name=task_name)
+        else:  # the task's context is a copy of ``context``, made by the spawn running in it
+            context.run(partial(nursery.start_soon, handle._run_coro, name=task_name))
         return handle
 
     async def start(

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from .._errors import UringInternalError
 from ._context import GLOBAL, Cancelled, current_task
-from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+from ._traps import FAILED, SUCCEEDED, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from typing import Self
@@ -590,7 +590,7 @@ class _OpWaiter:
     def abort(self, raise_cancel: RaiseCancel) -> Abort:
         op = self._op
         if not op.facts.cancellable:
-            return Abort.FAILED  # e.g. CLOSE: wait for it; the cancellation lands afterwards
+            return FAILED  # e.g. CLOSE: wait for it; the cancellation lands afterwards
         try:
             withdrawn = op.ring.cancel(op)
         except Exception as exc:
@@ -599,12 +599,12 @@ class _OpWaiter:
             self.task._runner._crash.append(
                 UringInternalError(f"cannot cancel {op!r}: {exc}").with_traceback(exc.__traceback__)
             )
-            return Abort.FAILED
+            return FAILED
         if withdrawn:
-            return Abort.SUCCEEDED  # withdrawn before the kernel saw it
+            return SUCCEEDED  # withdrawn before the kernel saw it
         self.cancel_requested = True
         self.raise_cancel = raise_cancel
-        return Abort.FAILED  # the final CQE decides
+        return FAILED  # the final CQE decides
 
 
 class _ClosableWaiter(_OpWaiter):
@@ -661,7 +661,9 @@ async def wait_operation(op: Operation) -> int:
     returned (and the cancellation lands at the next checkpoint).  An operation that cannot be
     cancelled (``OpFacts.cancellable``: CLOSE) is waited for; the cancellation lands afterwards.
     """
-    task = current_task()
+    task = GLOBAL.task
+    if task is None:
+        task = current_task()  # raises
     if op.callback is not None or op.done:
         return await _not_parkable(op)
     waiter = _OpWaiter(task, op)
@@ -736,7 +738,9 @@ class InFlight:
 
     async def wait(self, op: Operation) -> int:
         """:func:`wait_operation`, with ``op`` recorded as in flight until its task lets go."""
-        task = current_task()
+        task = GLOBAL.task
+        if task is None:
+            task = current_task()  # raises
         if op.callback is not None or op.done:
             return await _not_parkable(op)
         waiter = _ClosableWaiter(task, op, self.closing)
@@ -768,6 +772,6 @@ class InFlight:
         self._closers.append(task)
 
         def abort(_: RaiseCancel) -> Abort:
-            return Abort.FAILED  # shielded: the operations' final CQEs end this wait
+            return FAILED  # shielded: the operations' final CQEs end this wait
 
         await wait_task_rescheduled(abort)

@@ -47,6 +47,7 @@ import threading
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import sniffio
@@ -58,7 +59,7 @@ from ._cancel import cancel_all_tasks, root_cancel_status, system_cancel_status
 from ._clock import Clock, SystemClock
 from ._context import GLOBAL, Cancelled, current_runner, current_task, current_time
 from ._io import IOManager
-from ._traps import CHECKPOINT_TRAP, Abort, RaiseCancel, wait_task_rescheduled
+from ._traps import CHECKPOINT_TRAP, SUCCEEDED, Abort, RaiseCancel, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from ._cancel import CancelStatus
@@ -162,15 +163,17 @@ class Task:
         self.id = next(_task_ids)
         self._parent_nursery = parent_nursery
         self._child_nurseries: list[Any] = []
-        self._cancel_status: CancelStatus | None = None
         self._abort_fn: Callable[[RaiseCancel], Abort] | None = None
         #: ``coro.send``, bound once: every resumption with a value uses it.
         self._send: Callable[[Any], Any] = coro.send
         self._next_fn: Callable[[Any], Any] = self._send
         self._next_arg: Any = None
         self.outcome: Error | tuple[Any] | None = None
+        self._cancel_status = cancel_status
         if cancel_status is not None:
-            self._activate_cancel_status(cancel_status)
+            # _activate_cancel_status(), for a task that has not run: it is not parked, so a
+            # cancellation is not delivered here but at its first cancel point.
+            cancel_status.tasks.add(self)
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} id={self.id}>"
@@ -204,7 +207,7 @@ class Task:
         result = abort_fn(raise_cancel)
         if type(result) is not Abort:
             raise UringInternalError(f"abort function must return Abort, not {result!r}")
-        if result is Abort.SUCCEEDED:
+        if result is SUCCEEDED:
             self._runner.reschedule_error(self, capture_error(raise_cancel))
 
     def _attempt_delivery_of_any_pending_cancel(self) -> None:
@@ -330,7 +333,7 @@ class Runner:
         if self._stopped:
             raise RuntimeError("the loop is closed")
         coro = async_fn(*args)
-        if not isinstance(coro, Coroutine):
+        if type(coro) is not CoroutineType and not isinstance(coro, Coroutine):
             close = getattr(coro, "close", None)
             if close is not None:
                 close()
@@ -340,7 +343,7 @@ class Runner:
             )
         if name is None:
             name = getattr(async_fn, "__qualname__", None) or repr(async_fn)
-        elif not isinstance(name, str):
+        elif type(name) is not str and not isinstance(name, str):
             name = getattr(name, "__qualname__", None) or repr(name)
         if context is None:
             context = contextvars.copy_context()
@@ -368,8 +371,10 @@ class Runner:
 
     def _task_exited(self, task: Task, outcome: Error | tuple[Any]) -> None:
         task.outcome = outcome
-        if task._cancel_status is not None:
-            task._activate_cancel_status(None)
+        status = task._cancel_status
+        if status is not None:  # task._activate_cancel_status(None)
+            status.tasks.discard(task)
+            task._cancel_status = None
         self.tasks.discard(task)
         if task is self.main_task:
             return
@@ -429,7 +434,7 @@ class Runner:
         def abort(_: RaiseCancel) -> Abort:
             self._idle_waiters.remove(key)
             heapq.heapify(self._idle_waiters)
-            return Abort.SUCCEEDED
+            return SUCCEEDED
 
         await wait_task_rescheduled(abort)
 
@@ -513,6 +518,7 @@ class Runner:
         g = GLOBAL
         checkpoint_trap = CHECKPOINT_TRAP
         harvest_every = HARVEST_EVERY
+        inf = math.inf
         spare: deque[Task] = deque()
         # Task steps run since the last harvest; the ring's queue mark (``Ring._next_ud``, which
         # grows with every SQE queued: operations and internal cancels) at the last harvest and
@@ -585,19 +591,20 @@ class Runner:
                 continue
             # Nothing runnable: block until a completion or the nearest deadline.
             wake_idle = do_jump = False
-            deadline = self._next_deadline()
-            t = math.inf
-            if deadline != math.inf:
-                t = max(clock.deadline_to_sleep_time(deadline), 0.0)
-            idle_cushion = self._idle_waiters[0][0] if self._idle_waiters else math.inf
+            t = inf
+            if self._timers:
+                deadline = self._next_deadline()
+                if deadline != inf:
+                    t = max(clock.deadline_to_sleep_time(deadline), 0.0)
+            idle_cushion = self._idle_waiters[0][0] if self._idle_waiters else inf
             autojump = clock.autojump_threshold
-            if idle_cushion <= t and idle_cushion != math.inf:
+            if idle_cushion <= t and idle_cushion != inf:
                 wake_idle, t = True, idle_cushion
             elif autojump < t:
                 do_jump, t = True, autojump
             prev_mark = mark = ring._next_ud  # a blocking wait also runs the kernel's task work
             steps = 0
-            events = io.get_events(None if t == math.inf else t)
+            events = io.get_events(None if t == inf else t)
             if self.ki_pending:
                 self._deliver_ki()
             if self._crash:
@@ -911,7 +918,7 @@ async def checkpoint_if_cancelled() -> None:
 
 async def sleep_forever() -> NoReturn:
     """Park until cancelled."""
-    await wait_task_rescheduled(lambda _: Abort.SUCCEEDED)
+    await wait_task_rescheduled(lambda _: SUCCEEDED)
     raise UringInternalError("sleep_forever woke up")  # pragma: no cover
 
 
@@ -930,20 +937,20 @@ async def sleep_until(deadline: float) -> None:
 
     def abort(_: RaiseCancel) -> Abort:
         runner.cancel_timer(entry)
-        return Abort.SUCCEEDED
+        return SUCCEEDED
 
     await wait_task_rescheduled(abort)
 
 
 async def sleep(seconds: float) -> None:
     """Sleep ``seconds`` (0: just a checkpoint)."""
+    if seconds == 0:  # anyio.sleep(0) is a common way to checkpoint
+        await checkpoint()
+        return
     if seconds < 0:
         raise ValueError("sleep length must be non-negative")
     if math.isnan(seconds):
         raise ValueError("sleep length must not be NaN")
-    if seconds == 0:
-        await checkpoint()
-        return
     await sleep_until(current_runner().clock.current_time() + seconds)
 
 

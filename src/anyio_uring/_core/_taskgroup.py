@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from .._errors import UringInternalError
 from ._cancel import CancelScope, CancelStatus
 from ._run import Cancelled, Error, Task, current_task
-from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+from ._traps import FAILED, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 __all__ = ["Nursery", "TaskStatus", "open_nursery"]
 
@@ -126,7 +126,8 @@ class Nursery:
         self._children.discard(task)
         if isinstance(outcome, Error):
             self._add_exc(outcome.error)
-        self._check_closed()
+        if not self._children:  # (_check_closed() does nothing while children remain)
+            self._check_closed()
 
     async def _nested_child_finished(self, nested_exc: BaseException | None) -> BaseException | None:
         if nested_exc is not None:
@@ -142,7 +143,7 @@ class Nursery:
                     pass
                 except BaseException as exc:  # KeyboardInterrupt: keep it
                     self._add_exc(exc)
-                return Abort.FAILED
+                return FAILED
 
             self._parent_waiting_in_aexit = True
             await wait_task_rescheduled(aborted)
