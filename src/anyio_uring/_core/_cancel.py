@@ -309,7 +309,7 @@ class CancelScope:
                 parent.children.discard(status)
                 status._parent = None
             self._cancel_status = None
-            return False
+            return exc is None  # what the general path answers: the exception goes on
         remaining = self._close(exc)
         if remaining is None:
             return True
