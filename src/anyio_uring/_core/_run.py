@@ -467,7 +467,7 @@ class Runner:
             self.main_task = main
 
             main._activate_cancel_status(root_cancel_status(main))
-            self._loop(lambda: main.outcome is None)
+            self._loop(main)
             self.main_task = None
             outcome = main.outcome
             self._raise_crash()
@@ -503,8 +503,9 @@ class Runner:
             errors, self._crash = self._crash, []
             raise UringInternalError("a system task or run_sync_soon callback raised") from errors[0]
 
-    def _loop(self, keep_going: Callable[[], bool]) -> None:
-        """Run batches until ``keep_going()`` is false after one (see the module docstring).
+    def _loop(self, main: Task | None) -> None:
+        """Run batches until ``main`` has finished -- or, for ``None``, until no task is left
+        (see the module docstring).
 
         Between two batches the loop harvests the ring -- blocking when nothing is runnable.
         While tasks stay runnable it skips the non-blocking harvest when nothing was queued on
@@ -527,7 +528,8 @@ class Runner:
         # submitting enter does not run (a poll armed on a ready fd, a quick io-wq job).
         steps = 0
         mark = prev_mark = -1
-        if not keep_going():
+        tasks = self.tasks
+        if (main.outcome is not None) if main is not None else not tasks:
             return
         while True:
             batch = self.runq
@@ -573,7 +575,7 @@ class Runner:
                 g.task = None
                 batch.clear()
                 spare = batch
-                if not keep_going():
+                if (main.outcome is not None) if main is not None else not tasks:
                     break
             if self.runq:
                 # Runnable tasks: poll the ring (timeout 0) only if it has work from us or
@@ -690,7 +692,7 @@ class Runner:
                 # Also when no task is left: a system task spawned from now on (``from_thread_run``
                 # racing the close) must start cancelled, or it could keep the loop alive.
                 cancel_all_tasks(self)
-                self._loop(lambda: bool(self.tasks))
+                self._loop(None)
                 self._finalize_asyncgens()
             finally:
                 restore_asyncgen_hooks()
@@ -723,7 +725,7 @@ class Runner:
                 self.spawn_system_task(gens.finalize_remaining, name="close async generators (end of run)")
             elif not self.tasks:
                 return
-            self._loop(lambda: bool(self.tasks))
+            self._loop(None)
 
     def __enter__(self) -> Runner:
         return self
