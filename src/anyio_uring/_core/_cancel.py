@@ -68,22 +68,31 @@ class CancelStatus:
     Invariant: ``all(task._cancel_status is self for task in self.tasks)``.
     Invariant: ``effectively_cancelled == scope._cancel_called or (parent is not None and not
     scope._shield and parent.effectively_cancelled)``, kept by :meth:`recalculate`.
+    Invariant: ``children`` is ``None`` until the first child status is attached (most statuses
+    never get one); readers treat ``None`` as empty.
     """
 
     __slots__ = ("_parent", "abandoned_by_misnesting", "children", "effectively_cancelled", "scope", "tasks")
 
-    def __init__(self, scope: CancelScope, parent: CancelStatus | None) -> None:
+    def __init__(self, scope: CancelScope, parent: CancelStatus | None, task: Task | None = None) -> None:
+        """A status under ``parent``; ``task``, if given, is recorded in ``tasks`` (the caller
+        then points ``task._cancel_status`` here)."""
         self.scope = scope
         self._parent = parent
-        self.children: set[CancelStatus] = set()
-        self.tasks: set[Task] = set()
+        self.children: set[CancelStatus] | None = None
+        self.tasks: set[Task] = {task} if task is not None else set()
         self.abandoned_by_misnesting = False
         # What ``self.parent = parent`` and ``recalculate()`` would give, without their walk:
-        # a new status has no tasks and no children to tell.
+        # a new status has no children, and a task entering it is running (not parked), so
+        # there is nobody to tell.
         if parent is None:
             self.effectively_cancelled = scope._cancel_called
         else:
-            parent.children.add(self)
+            siblings = parent.children
+            if siblings is None:
+                parent.children = {self}
+            else:
+                siblings.add(self)
             self.effectively_cancelled = scope._cancel_called or (
                 not scope._shield and parent.effectively_cancelled
             )
@@ -94,11 +103,15 @@ class CancelStatus:
 
     @parent.setter
     def parent(self, parent: CancelStatus | None) -> None:
-        if self._parent is not None:
-            self._parent.children.discard(self)
+        old = self._parent
+        if old is not None and old.children is not None:
+            old.children.discard(self)
         self._parent = parent
         if parent is not None:
-            parent.children.add(self)
+            if parent.children is None:
+                parent.children = {self}
+            else:
+                parent.children.add(self)
         self.recalculate()
 
     @property
@@ -120,7 +133,8 @@ class CancelStatus:
                             task._attempt_delivery_of_any_pending_cancel()
                         except BaseException as exc:  # every task must still be told
                             errors = [*(errors or ()), exc]
-                todo.extend(status.children)
+                if status.children:
+                    todo.extend(status.children)
         if errors:
             if len(errors) == 1:
                 raise errors[0]
@@ -156,7 +170,8 @@ class CancelStatus:
             # The usual case: nothing is left under this status, so detaching it tells nobody.
             parent = self._parent
             if parent is not None:
-                parent.children.discard(self)
+                if parent.children is not None:
+                    parent.children.discard(self)
                 self._parent = None
             self.effectively_cancelled = self.scope._cancel_called
             return
@@ -168,7 +183,8 @@ class CancelStatus:
             while todo:
                 status = todo.pop()
                 status.abandoned_by_misnesting = True
-                todo.extend(status.children)
+                if status.children:
+                    todo.extend(status.children)
             self.scope._cancel_called = True
             self.recalculate()
 
@@ -266,21 +282,21 @@ class CancelScope:
             raise RuntimeError("Each CancelScope may only be used for a single 'with' block")
         self._has_been_entered = True
         runner = self._runner = task._runner
-        if self._relative_deadline != math.inf:
+        if self._relative_deadline != _INF:
             self._deadline = runner.clock.current_time() + self._relative_deadline
-            self._relative_deadline = math.inf
-        if self._deadline != math.inf and runner.clock.current_time() >= self._deadline:
+            self._relative_deadline = _INF
+        if self._deadline != _INF and runner.clock.current_time() >= self._deadline:
             self._cancel_called = True
             self.cancel_reason = "deadline"
         parent = task._cancel_status
-        status = self._cancel_status = CancelStatus(self, parent)
-        if self._deadline != math.inf:
+        status = self._cancel_status = CancelStatus(self, parent, task)
+        if self._deadline != _INF:
             self._update_timer()
-        # task._activate_cancel_status(status), for the running task: it is not parked, so there
-        # is no pending cancellation to deliver (it raises at its next cancel point).
+        # The rest of task._activate_cancel_status(status), for the running task: it is not
+        # parked, so there is no pending cancellation to deliver (it raises at its next cancel
+        # point).
         if parent is not None:
             parent.tasks.discard(task)
-        status.tasks.add(task)
         task._cancel_status = status
         return self
 
@@ -306,7 +322,8 @@ class CancelScope:
             task._cancel_status = parent
             if parent is not None:
                 parent.tasks.add(task)
-                parent.children.discard(status)
+                if parent.children is not None:
+                    parent.children.discard(status)
                 status._parent = None
             self._cancel_status = None
             return exc is None  # what the general path answers: the exception goes on

@@ -70,7 +70,7 @@ class TaskStatus(Generic[T]):
         # ...and the cancel-status subtree under the new nursery, detaching everything from the
         # old one first (re-attaching under a cancelled nursery runs abort callbacks).
         old_status = old._cancel_status
-        children = list(old_status.children)
+        children = list(old_status.children or ())
         moved_tasks = [t for t in old_status.tasks if t is not old._parent_task]
         for status in children:
             status.parent = None
