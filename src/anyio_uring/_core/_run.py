@@ -514,16 +514,16 @@ class Runner:
         completions of I/O, timers-by-CQE, worker threads and other threads' calls.
         """
         io = self.io
-        ring = self.ring
+        native = self.ring._c  # the C ring: its counters are plain reads
         clock = self.clock
         g = GLOBAL
         checkpoint_trap = CHECKPOINT_TRAP
         harvest_every = HARVEST_EVERY
         inf = math.inf
         spare: deque[Task] = deque()
-        # Task steps run since the last harvest; the ring's queue mark (``Ring._next_ud``, which
-        # grows with every SQE queued: operations and internal cancels) at the last harvest and
-        # at the one before.  A harvest that submitted something is followed by one more at
+        # Task steps run since the last harvest; the ring's queue mark -- the C core's count of
+        # SQEs written (``aur_ring.sq_written``: operations and internal cancels alike) -- at the
+        # last harvest and at the one before.  A harvest that submitted something is followed by one more at
         # the next tick: the kernel finishes some work it was just given in task work that the
         # submitting enter does not run (a poll armed on a ready fd, a quick io-wq job).
         steps = 0
@@ -580,8 +580,8 @@ class Runner:
             if self.runq:
                 # Runnable tasks: poll the ring (timeout 0) only if it has work from us or
                 # the fairness budget is spent.
-                if ring._next_ud != mark or mark != prev_mark or steps >= harvest_every:
-                    prev_mark, mark = mark, ring._next_ud
+                if native.sq_written != mark or mark != prev_mark or steps >= harvest_every:
+                    prev_mark, mark = mark, native.sq_written
                     steps = 0
                     io.get_events(0.0)
                 if self.ki_pending:
@@ -604,7 +604,7 @@ class Runner:
                 wake_idle, t = True, idle_cushion
             elif autojump < t:
                 do_jump, t = True, autojump
-            prev_mark = mark = ring._next_ud  # a blocking wait also runs the kernel's task work
+            prev_mark = mark = native.sq_written  # a blocking wait also runs the kernel's task work
             steps = 0
             events = io.get_events(None if t == inf else t)
             if self.ki_pending:
