@@ -44,9 +44,8 @@ import select
 import signal
 import sys
 import threading
-import types
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -59,7 +58,7 @@ from ._cancel import cancel_all_tasks, root_cancel_status, system_cancel_status
 from ._clock import Clock, SystemClock
 from ._context import GLOBAL, Cancelled, current_runner, current_task, current_time
 from ._io import IOManager
-from ._traps import CHECKPOINT_TRAP, SUCCEEDED, Abort, RaiseCancel, wait_task_rescheduled
+from ._traps import CHECKPOINT_TRAP, SUCCEEDED, Abort, RaiseCancel, checkpoint, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from ._cancel import CancelStatus
@@ -886,24 +885,6 @@ class _SignalWakeup:
 
 def reschedule(task: Task, value: Any = None) -> None:
     task._runner.reschedule(task, value)
-
-
-@types.coroutine
-def checkpoint() -> Generator[Any, Any, None]:
-    """A schedule point and a cancel point.
-
-    One generator frame (the loop resumes a task that yielded ``CHECKPOINT_TRAP`` with the task
-    itself, so no thread-local lookup either); the cancellation check comes after the schedule
-    point, as in trio, so it sees what the other tasks and the timers did meanwhile.
-    """
-    task: Task = yield CHECKPOINT_TRAP
-    status = task._cancel_status
-    if status is not None and status.effectively_cancelled:
-        raise status.cancelled()
-    runner = task._runner
-    if runner.ki_pending and task is runner.main_task:
-        runner.ki_pending = False
-        raise KeyboardInterrupt
 
 
 async def checkpoint_if_cancelled() -> None:
