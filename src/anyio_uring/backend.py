@@ -31,7 +31,6 @@ element of an ``anyio_backend`` pytest fixture value):
 
 from __future__ import annotations
 
-import math
 import os
 import select
 import signal
@@ -46,7 +45,7 @@ from collections.abc import (
 )
 from contextlib import AbstractContextManager
 from contextvars import copy_context
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 import anyio.abc
@@ -144,17 +143,14 @@ class UringBackend(anyio.abc.AsyncBackend):
     def cancelled_exception_class(cls) -> type[BaseException]:
         return Cancelled
 
-    @classmethod
-    async def checkpoint(cls) -> None:
-        await _checkpoint()
-
-    @classmethod
-    async def checkpoint_if_cancelled(cls) -> None:
-        await _checkpoint_if_cancelled()
-
-    @classmethod
-    async def cancel_shielded_checkpoint(cls) -> None:
-        await _cancel_shielded_checkpoint()
+    # The runtime's own checkpoints, not wrappers around them: ``anyio.lowlevel.checkpoint()``
+    # then costs one generator frame here, not a coroutine frame more.  (They are awaitable
+    # generators, not coroutine objects; anyio only ever awaits them.)
+    checkpoint = staticmethod(cast("Callable[[], Coroutine[Any, Any, None]]", _checkpoint))
+    checkpoint_if_cancelled = staticmethod(_checkpoint_if_cancelled)
+    cancel_shielded_checkpoint = staticmethod(
+        cast("Callable[[], Coroutine[Any, Any, None]]", _cancel_shielded_checkpoint)
+    )
 
     @classmethod
     async def sleep(cls, delay: float) -> None:
@@ -162,9 +158,8 @@ class UringBackend(anyio.abc.AsyncBackend):
 
     # -- cancellation and tasks -------------------------------------------------------------
 
-    @classmethod
-    def create_cancel_scope(cls, *, deadline: float = math.inf, shield: bool = False) -> anyio.CancelScope:
-        return CancelScope(deadline=deadline, shield=shield)
+    #: The adapter's scope class itself: ``anyio.CancelScope()`` costs no wrapper call here.
+    create_cancel_scope = staticmethod(CancelScope)
 
     @classmethod
     def current_effective_deadline(cls) -> float:
@@ -188,9 +183,8 @@ class UringBackend(anyio.abc.AsyncBackend):
 
     # -- synchronization ---------------------------------------------------------------------
 
-    @classmethod
-    def create_event(cls) -> anyio.Event:
-        return Event()
+    #: The adapter's class itself (no wrapper call per ``anyio.Event()``).
+    create_event = staticmethod(Event)
 
     @classmethod
     def create_lock(cls, *, fast_acquire: bool) -> anyio.Lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import (
     Callable,
@@ -10,7 +9,7 @@ from collections.abc import (
 )
 from contextvars import Context
 from functools import partial
-from types import TracebackType
+from types import CoroutineType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import anyio
@@ -19,7 +18,7 @@ import anyio.abc
 from .._core import Task
 from .._core._cancel import CancelScope as _NativeCancelScope
 from .._core._run import Cancelled
-from .._core._taskgroup import Nursery, NurseryManager, open_nursery
+from .._core._taskgroup import Nursery, NurseryManager
 from ._options import callable_name
 
 if TYPE_CHECKING:
@@ -30,69 +29,18 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 
-class CancelScope(anyio.CancelScope):
-    """anyio's ``CancelScope`` over the runtime's :class:`anyio_uring.cancel.CancelScope`."""
+# mypy takes both bases for "disjoint" (each has __slots__); anyio's only slot is __weakref__,
+# which CPython does not count as a layout of its own, so the two combine (checked at import).
+class CancelScope(_NativeCancelScope, anyio.CancelScope):  # type: ignore[misc]
+    """anyio's ``CancelScope``: the runtime's :class:`anyio_uring.cancel.CancelScope` itself
+    (its methods and properties are anyio's API already), registered as anyio's class.
 
-    __slots__ = ("_native",)
+    anyio's ``CancelScope(...)`` asks the backend for a scope and then calls ``__init__`` on
+    what it got back once more: the runtime's scope is built in ``__new__`` and has object's
+    ``__init__``, so that costs nothing.
+    """
 
-    _native: _NativeCancelScope
-
-    def __new__(cls, *, deadline: float = math.inf, shield: bool = False) -> Self:
-        return object.__new__(cls)
-
-    def __init__(self, *, deadline: float = math.inf, shield: bool = False) -> None:
-        self._native = _NativeCancelScope(deadline=deadline, shield=shield)
-
-    @classmethod
-    def _wrap(cls, native: _NativeCancelScope) -> CancelScope:
-        scope = object.__new__(cls)
-        scope._native = native
-        return scope
-
-    def __repr__(self) -> str:
-        return repr(self._native)
-
-    def __enter__(self) -> Self:
-        self._native.__enter__()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool:
-        try:
-            return self._native.__exit__(exc_type, exc_val, exc_tb)
-        finally:
-            del exc_val, exc_tb
-
-    def cancel(self, reason: str | None = None) -> None:
-        self._native.cancel(reason)
-
-    @property
-    def deadline(self) -> float:
-        return self._native.deadline
-
-    @deadline.setter
-    def deadline(self, value: float) -> None:
-        self._native.deadline = value
-
-    @property
-    def cancel_called(self) -> bool:
-        return self._native.cancel_called
-
-    @property
-    def cancelled_caught(self) -> bool:
-        return self._native.cancelled_caught
-
-    @property
-    def shield(self) -> bool:
-        return self._native.shield
-
-    @shield.setter
-    def shield(self, value: bool) -> None:
-        self._native.shield = value
+    __slots__ = ()
 
 
 class _NoValue:
@@ -128,7 +76,7 @@ class TaskGroup(anyio.abc.TaskGroup):
     def __init__(self) -> None:
         self._entered = False
         self._active = False
-        self._manager: NurseryManager | None = open_nursery()
+        self._manager: NurseryManager | None = NurseryManager(scope_type=CancelScope)
         self._nursery: Nursery | None = None
         self.cancel_scope = cast("CancelScope", None)
 
@@ -138,7 +86,7 @@ class TaskGroup(anyio.abc.TaskGroup):
         self._entered = True
         assert self._manager is not None
         self._nursery = await self._manager.__aenter__()
-        self.cancel_scope = CancelScope._wrap(self._nursery.cancel_scope)
+        self.cancel_scope = cast("CancelScope", self._nursery.cancel_scope)
         self._active = True
         return self
 
@@ -178,15 +126,15 @@ class TaskGroup(anyio.abc.TaskGroup):
         name: object = None,
         context: Context | None = None,
     ) -> anyio.TaskHandle[T_co]:
-        if not isinstance(coro, Coroutine):
+        if type(coro) is not CoroutineType and not isinstance(coro, Coroutine):
             raise TypeError(f"expected a coroutine, got {coro.__class__.__qualname__}")
         nursery = self._check_active(coro)
-        handle: anyio.TaskHandle[T_co] = anyio.TaskHandle(coro, _coro_name(coro, name))
-        spawn = partial(nursery.start_soon, handle._run_coro, name=handle.name)
-        if context is not None:
-            context.run(spawn)
-        else:
-            spawn()
+        task_name = _coro_name(coro, name)  # a str: the handle's name is the same string
+        handle: anyio.TaskHandle[T_co] = anyio.TaskHandle(coro, task_name)
+        if context is None:
+            nursery.start_soon(handle._run_coro, name=task_name)
+        else:  # the task's context is a copy of ``context``, made by the spawn running in it
+            context.run(partial(nursery.start_soon, handle._run_coro, name=task_name))
         return handle
 
     async def start(

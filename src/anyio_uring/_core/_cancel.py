@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from .._errors import UringInternalError
 from ._context import GLOBAL, Cancelled, current_task
-from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+from ._traps import FAILED, SUCCEEDED, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 if TYPE_CHECKING:
     from typing import Self
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from ._run import Runner, Task
 
 from .._ring import OwnedFd
+
+_INF: Final = math.inf
 
 __all__ = [
     "CancelScope",
@@ -66,18 +68,34 @@ class CancelStatus:
     Invariant: ``all(task._cancel_status is self for task in self.tasks)``.
     Invariant: ``effectively_cancelled == scope._cancel_called or (parent is not None and not
     scope._shield and parent.effectively_cancelled)``, kept by :meth:`recalculate`.
+    Invariant: ``children`` is ``None`` until the first child status is attached (most statuses
+    never get one); readers treat ``None`` as empty.
     """
 
     __slots__ = ("_parent", "abandoned_by_misnesting", "children", "effectively_cancelled", "scope", "tasks")
 
-    def __init__(self, scope: CancelScope, parent: CancelStatus | None) -> None:
+    def __init__(self, scope: CancelScope, parent: CancelStatus | None, task: Task | None = None) -> None:
+        """A status under ``parent``; ``task``, if given, is recorded in ``tasks`` (the caller
+        then points ``task._cancel_status`` here)."""
         self.scope = scope
-        self._parent: CancelStatus | None = None
-        self.children: set[CancelStatus] = set()
-        self.tasks: set[Task] = set()
-        self.effectively_cancelled = False
+        self._parent = parent
+        self.children: set[CancelStatus] | None = None
+        self.tasks: set[Task] = {task} if task is not None else set()
         self.abandoned_by_misnesting = False
-        self.parent = parent
+        # What ``self.parent = parent`` and ``recalculate()`` would give, without their walk:
+        # a new status has no children, and a task entering it is running (not parked), so
+        # there is nobody to tell.
+        if parent is None:
+            self.effectively_cancelled = scope._cancel_called
+        else:
+            siblings = parent.children
+            if siblings is None:
+                parent.children = {self}
+            else:
+                siblings.add(self)
+            self.effectively_cancelled = scope._cancel_called or (
+                not scope._shield and parent.effectively_cancelled
+            )
 
     @property
     def parent(self) -> CancelStatus | None:
@@ -85,11 +103,15 @@ class CancelStatus:
 
     @parent.setter
     def parent(self, parent: CancelStatus | None) -> None:
-        if self._parent is not None:
-            self._parent.children.discard(self)
+        old = self._parent
+        if old is not None and old.children is not None:
+            old.children.discard(self)
         self._parent = parent
         if parent is not None:
-            parent.children.add(self)
+            if parent.children is None:
+                parent.children = {self}
+            else:
+                parent.children.add(self)
         self.recalculate()
 
     @property
@@ -111,7 +133,8 @@ class CancelStatus:
                             task._attempt_delivery_of_any_pending_cancel()
                         except BaseException as exc:  # every task must still be told
                             errors = [*(errors or ()), exc]
-                todo.extend(status.children)
+                if status.children:
+                    todo.extend(status.children)
         if errors:
             if len(errors) == 1:
                 raise errors[0]
@@ -143,6 +166,15 @@ class CancelStatus:
         return False
 
     def close(self) -> None:
+        if not (self.tasks or self.children):
+            # The usual case: nothing is left under this status, so detaching it tells nobody.
+            parent = self._parent
+            if parent is not None:
+                if parent.children is not None:
+                    parent.children.discard(self)
+                self._parent = None
+            self.effectively_cancelled = self.scope._cancel_called
+            return
         self.parent = None
         if self.tasks or self.children:
             # Scopes were exited out of order: leave the dangling subtree cancelled and detached
@@ -151,7 +183,8 @@ class CancelStatus:
             while todo:
                 status = todo.pop()
                 status.abandoned_by_misnesting = True
-                todo.extend(status.children)
+                if status.children:
+                    todo.extend(status.children)
             self.scope._cancel_called = True
             self.recalculate()
 
@@ -179,30 +212,57 @@ class CancelScope:
         "cancelled_caught",
     )
 
-    def __init__(
-        self, *, deadline: float = math.inf, shield: bool = False, relative_deadline: float = math.inf
-    ) -> None:
-        if math.isnan(deadline):
-            raise ValueError("deadline must not be NaN")
-        if math.isnan(relative_deadline):
-            raise ValueError("relative deadline must not be NaN")
-        if relative_deadline < 0:
-            raise ValueError("timeout must be non-negative")
-        if math.inf not in (relative_deadline, deadline):
-            raise ValueError("Cannot specify both a deadline and a relative deadline")
-        if not isinstance(shield, bool):
+    _deadline: float
+    _relative_deadline: float
+    _shield: bool
+    _cancel_called: bool
+    _cancel_source: str | None
+    _cancel_status: CancelStatus | None
+    _has_been_entered: bool
+    _runner: Runner | None
+    _timer: list[Any] | None
+    cancelled_caught: bool
+    cancel_reason: str | None
+
+    # Built in __new__, with object's __init__ (which ignores the arguments when __new__ is
+    # overridden): one frame per scope, and the anyio adapter's subclass is not built twice
+    # when ``anyio.CancelScope(...)`` calls ``__init__`` again on the scope the backend made.
+    def __new__(
+        cls, *, deadline: float = math.inf, shield: bool = False, relative_deadline: float = math.inf
+    ) -> Self:
+        if deadline != _INF or relative_deadline != _INF:  # (NaN is != inf, too)
+            if math.isnan(deadline):
+                raise ValueError("deadline must not be NaN")
+            if math.isnan(relative_deadline):
+                raise ValueError("relative deadline must not be NaN")
+            if relative_deadline < 0:
+                raise ValueError("timeout must be non-negative")
+            if _INF not in (relative_deadline, deadline):
+                raise ValueError("Cannot specify both a deadline and a relative deadline")
+        if shield is not True and shield is not False:
             raise TypeError("shield must be a bool")
+        self = object.__new__(cls)
         self._deadline = deadline
         self._relative_deadline = relative_deadline
         self._shield = shield
         self._cancel_called = False
-        self._cancel_source: str | None = None
-        self._cancel_status: CancelStatus | None = None
+        self._cancel_source = None
+        self._cancel_status = None
         self._has_been_entered = False
-        self._runner: Runner | None = None
-        self._timer: list[Any] | None = None
+        self._runner = None
+        self._timer = None
         self.cancelled_caught = False
-        self.cancel_reason: str | None = None
+        self.cancel_reason = None
+        return self
+
+    if TYPE_CHECKING:
+
+        def __init__(
+            self, *, deadline: float = math.inf, shield: bool = False, relative_deadline: float = math.inf
+        ) -> None: ...
+
+    else:
+        __init__ = object.__init__
 
     def __repr__(self) -> str:
         state = "active" if self._cancel_status is not None else "unbound"
@@ -215,25 +275,58 @@ class CancelScope:
     # -- entering and leaving ---------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        task = current_task()
+        task = GLOBAL.task
+        if task is None:
+            task = current_task()  # raises
         if self._has_been_entered:
             raise RuntimeError("Each CancelScope may only be used for a single 'with' block")
         self._has_been_entered = True
-        self._runner = task._runner
-        if self._relative_deadline != math.inf:
-            self._deadline = self._runner.clock.current_time() + self._relative_deadline
-            self._relative_deadline = math.inf
-        if self._runner.clock.current_time() >= self._deadline:
+        runner = self._runner = task._runner
+        if self._relative_deadline != _INF:
+            self._deadline = runner.clock.current_time() + self._relative_deadline
+            self._relative_deadline = _INF
+        if self._deadline != _INF and runner.clock.current_time() >= self._deadline:
             self._cancel_called = True
             self.cancel_reason = "deadline"
-        self._cancel_status = CancelStatus(self, task._cancel_status)
-        self._update_timer()
-        task._activate_cancel_status(self._cancel_status)
+        parent = task._cancel_status
+        status = self._cancel_status = CancelStatus(self, parent, task)
+        if self._deadline != _INF:
+            self._update_timer()
+        # The rest of task._activate_cancel_status(status), for the running task: it is not
+        # parked, so there is no pending cancellation to deliver (it raises at its next cancel
+        # point).
+        if parent is not None:
+            parent.tasks.discard(task)
+        task._cancel_status = status
         return self
 
     def __exit__(
         self, etype: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool:
+        status = self._cancel_status
+        task = GLOBAL.task
+        if (
+            task is not None
+            and status is not None
+            and task._cancel_status is status
+            and not status.effectively_cancelled
+            and self._timer is None
+            and not status.children
+            and len(status.tasks) == 1
+        ):
+            # The usual exit, :meth:`_close` without its cases: the running task leaves its
+            # innermost scope, which nothing cancelled and which has nothing else under it, so
+            # there is no exception to catch and nobody to tell.
+            parent = status._parent
+            status.tasks.clear()
+            task._cancel_status = parent
+            if parent is not None:
+                parent.tasks.add(task)
+                if parent.children is not None:
+                    parent.children.discard(status)
+                status._parent = None
+            self._cancel_status = None
+            return exc is None  # what the general path answers: the exception goes on
         remaining = self._close(exc)
         if remaining is None:
             return True
@@ -258,7 +351,9 @@ class CancelScope:
             )
             err.__context__ = exc
             return err
-        task = current_task()
+        task = GLOBAL.task
+        if task is None:
+            task = current_task()  # raises
         if task._cancel_status is not status:
             if status.abandoned_by_misnesting:
                 pass
@@ -277,7 +372,7 @@ class CancelScope:
                 exc = err
                 task._activate_cancel_status(status.parent)
         else:
-            task._activate_cancel_status(status.parent)
+            task._activate_cancel_status(status._parent)
         caused_here = status.effectively_cancelled and not status.parent_cancellation_is_visible_to_us
         if (exc is not None and caused_here) or (
             task._cancel_status is not status and status.abandoned_by_misnesting
@@ -292,7 +387,8 @@ class CancelScope:
                 exc = rest
         status.close()
         self._cancel_status = None
-        self._update_timer()
+        if self._timer is not None:
+            self._update_timer()
         return exc
 
     # -- cancellation -----------------------------------------------------------------------
@@ -511,7 +607,7 @@ class _OpWaiter:
     def abort(self, raise_cancel: RaiseCancel) -> Abort:
         op = self._op
         if not op.facts.cancellable:
-            return Abort.FAILED  # e.g. CLOSE: wait for it; the cancellation lands afterwards
+            return FAILED  # e.g. CLOSE: wait for it; the cancellation lands afterwards
         try:
             withdrawn = op.ring.cancel(op)
         except Exception as exc:
@@ -520,12 +616,12 @@ class _OpWaiter:
             self.task._runner._crash.append(
                 UringInternalError(f"cannot cancel {op!r}: {exc}").with_traceback(exc.__traceback__)
             )
-            return Abort.FAILED
+            return FAILED
         if withdrawn:
-            return Abort.SUCCEEDED  # withdrawn before the kernel saw it
+            return SUCCEEDED  # withdrawn before the kernel saw it
         self.cancel_requested = True
         self.raise_cancel = raise_cancel
-        return Abort.FAILED  # the final CQE decides
+        return FAILED  # the final CQE decides
 
 
 class _ClosableWaiter(_OpWaiter):
@@ -582,7 +678,9 @@ async def wait_operation(op: Operation) -> int:
     returned (and the cancellation lands at the next checkpoint).  An operation that cannot be
     cancelled (``OpFacts.cancellable``: CLOSE) is waited for; the cancellation lands afterwards.
     """
-    task = current_task()
+    task = GLOBAL.task
+    if task is None:
+        task = current_task()  # raises
     if op.callback is not None or op.done:
         return await _not_parkable(op)
     waiter = _OpWaiter(task, op)
@@ -657,7 +755,9 @@ class InFlight:
 
     async def wait(self, op: Operation) -> int:
         """:func:`wait_operation`, with ``op`` recorded as in flight until its task lets go."""
-        task = current_task()
+        task = GLOBAL.task
+        if task is None:
+            task = current_task()  # raises
         if op.callback is not None or op.done:
             return await _not_parkable(op)
         waiter = _ClosableWaiter(task, op, self.closing)
@@ -689,6 +789,6 @@ class InFlight:
         self._closers.append(task)
 
         def abort(_: RaiseCancel) -> Abort:
-            return Abort.FAILED  # shielded: the operations' final CQEs end this wait
+            return FAILED  # shielded: the operations' final CQEs end this wait
 
         await wait_task_rescheduled(abort)

@@ -8,10 +8,14 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._context import GLOBAL
 from ._run import Task, checkpoint, checkpoint_if_cancelled, current_task
-from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+from ._traps import SUCCEEDED, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+
+if TYPE_CHECKING:
+    from typing import Self
 
 __all__ = ["CapacityLimiter", "Event", "Lock", "ParkingLot", "Semaphore"]
 
@@ -37,7 +41,7 @@ class ParkingLot:
 
         def abort(_: RaiseCancel) -> Abort:
             del self._parked[task]
-            return Abort.SUCCEEDED
+            return SUCCEEDED
 
         return await wait_task_rescheduled(abort)
 
@@ -58,13 +62,32 @@ class ParkingLot:
 
 
 class Event:
-    """A one-shot flag tasks can wait for."""
+    """A one-shot flag tasks can wait for.
 
-    __slots__ = ("_flag", "_lot")
+    Its own wait list (a dict: insertion-ordered, so waiters wake oldest first, as from a
+    :class:`ParkingLot`), created by the first wait: most events are set without ever being
+    waited for (anyio's task handles make one per task), or waited for by one task.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_flag", "_waiters")
+
+    _flag: bool
+    _waiters: dict[Task, None] | None
+
+    # Built in __new__ with object's __init__, so that the anyio adapter's subclass is not
+    # built twice when ``anyio.Event()`` calls ``__init__`` again on the event the backend made.
+    def __new__(cls) -> Self:
+        self = object.__new__(cls)
         self._flag = False
-        self._lot = ParkingLot()
+        self._waiters = None
+        return self
+
+    if TYPE_CHECKING:
+
+        def __init__(self) -> None: ...
+
+    else:
+        __init__ = object.__init__
 
     def is_set(self) -> bool:
         return self._flag
@@ -72,17 +95,33 @@ class Event:
     def set(self) -> None:
         if not self._flag:
             self._flag = True
-            self._lot.unpark_all()
+            waiters = self._waiters
+            if waiters:
+                self._waiters = None
+                for task in waiters:
+                    task._runner.reschedule(task)
 
     async def wait(self) -> None:
         if self._flag:
             await checkpoint()
-        else:
-            await self._lot.park()
+            return
+        task = GLOBAL.task
+        if task is None:
+            task = current_task()  # raises
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = {}
+        waiters[task] = None
+
+        def abort(_: RaiseCancel) -> Abort:
+            del waiters[task]
+            return SUCCEEDED
+
+        await wait_task_rescheduled(abort)
 
     @property
     def waiters(self) -> int:
-        return len(self._lot)
+        return len(self._waiters) if self._waiters is not None else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from .._errors import UringInternalError
 from ._cancel import CancelScope, CancelStatus
 from ._run import Cancelled, Error, Task, current_task
-from ._traps import Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+from ._traps import FAILED, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
 
 __all__ = ["Nursery", "TaskStatus", "open_nursery"]
 
@@ -70,7 +70,7 @@ class TaskStatus(Generic[T]):
         # ...and the cancel-status subtree under the new nursery, detaching everything from the
         # old one first (re-attaching under a cancelled nursery runs abort callbacks).
         old_status = old._cancel_status
-        children = list(old_status.children)
+        children = list(old_status.children or ())
         moved_tasks = [t for t in old_status.tasks if t is not old._parent_task]
         for status in children:
             status.parent = None
@@ -126,7 +126,8 @@ class Nursery:
         self._children.discard(task)
         if isinstance(outcome, Error):
             self._add_exc(outcome.error)
-        self._check_closed()
+        if not self._children:  # (_check_closed() does nothing while children remain)
+            self._check_closed()
 
     async def _nested_child_finished(self, nested_exc: BaseException | None) -> BaseException | None:
         if nested_exc is not None:
@@ -142,7 +143,7 @@ class Nursery:
                     pass
                 except BaseException as exc:  # KeyboardInterrupt: keep it
                     self._add_exc(exc)
-                return Abort.FAILED
+                return FAILED
 
             self._parent_waiting_in_aexit = True
             await wait_task_rescheduled(aborted)
@@ -197,14 +198,17 @@ class Nursery:
 class NurseryManager:
     """``async with open_nursery() as nursery``."""
 
-    __slots__ = ("_nursery", "_scope")
+    __slots__ = ("_nursery", "_scope", "_scope_type")
 
-    def __init__(self) -> None:
+    def __init__(self, *, scope_type: type[CancelScope] = CancelScope) -> None:
+        #: The class of the nursery's cancel scope (the anyio adapter passes its subclass, so
+        #: that ``TaskGroup.cancel_scope`` is the nursery's scope itself).
+        self._scope_type = scope_type
         self._scope: CancelScope | None = None
         self._nursery: Nursery | None = None
 
     async def __aenter__(self) -> Nursery:
-        scope = CancelScope()
+        scope = self._scope_type()
         scope.__enter__()
         self._scope = scope
         self._nursery = Nursery(current_task(), scope)
