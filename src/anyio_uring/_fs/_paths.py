@@ -56,19 +56,23 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 import anyio
 
 from .._core._cancel import wait_operation, wait_owned_fd
-from .._core._run import checkpoint, current_runner
+from .._core._run import checkpoint, checkpoint_if_cancelled, current_runner
+from .._core._traps import cancel_shielded_checkpoint
+from .._native import lib
 from ._files import (
     AT_FDCWD,
     AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
     STATX_BASIC_STATS,
     AsyncFile,
+    _cancel_pending,
     capabilities,
     open_any,
     os_error,
     ring_stat,
     run_sync_in_thread,
     stat_from_statx,
+    stat_from_view,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +85,7 @@ from typing import Self
 __all__ = ["Path"]
 
 _IGNORED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+_EAGAIN = -errno.EAGAIN
 
 
 def _ring() -> Ring:
@@ -161,7 +166,21 @@ class Path(anyio.Path):
         ring = _ring()
         path = self._path
         raw = self._raw()
-        if capabilities(ring)[0]:
+        statx, _, inline = capabilities(ring)
+        if inline is not None:  # first without blocking (see _inline.py), else STATX as before
+            if _cancel_pending():
+                await checkpoint_if_cancelled()
+            res = lib.aur_inline_stat(inline.c, AT_FDCWD, raw, 0 if follow else 1)
+            if res != 0:
+                res = inline.stat_again(res, raw, follow)
+            if res == 0:
+                st = stat_from_view(inline.statx)
+                await cancel_shielded_checkpoint()
+                return st
+            if res != _EAGAIN:
+                await cancel_shielded_checkpoint()  # where the STATX's result would have come
+                raise os_error(res, os.fspath(path))
+        if statx:
             op = ring.statx(AT_FDCWD, raw, 0 if follow else AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS)
             res = await wait_operation(op)
             if res < 0:
