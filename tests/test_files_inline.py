@@ -491,3 +491,42 @@ def test_mount_table_learning(local_dir: SyncPath) -> None:
     assert probe.stat(raw, True) == 0  # learned, and asked again
     assert probe.c.nlocal == 1
     assert _inline.lib.aur_inline_stat(probe.c, -100, raw, 0) == 0  # from the table now
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [0, 1, 999_999_999, 1_796_156_780_123_456_789, -1, -1_000_000_001, 2**62 + 12345, 10**19 + 7, -(10**19)],
+)
+def test_stat_results_are_those_of_the_statx_decoder(local_dir: SyncPath, ns: int) -> None:
+    """The C digest of an inline stat equals the Python decoding of the same statx (floats
+    bit for bit); a time whose ns overflow int64 is decoded in Python (RAW)."""
+    from anyio_uring._fs._files import stat_from_view
+
+    path = local_dir / "f"
+    path.write_bytes(b"x")
+    try:
+        os.utime(path, ns=(ns, ns))
+    except OSError as exc:
+        pytest.skip(f"this file system refuses the time: {exc}")
+    probe = _inline.Inline()
+    res = probe.stat(os.fsencode(path), True)
+    want = stat_from_view(probe.statx)
+    got = os.stat_result(_inline.DIGEST.unpack_from(probe.st)) if res == 0 else want
+    assert res in (0, _inline.RAW)
+    if not -(2**63) <= os.stat(path).st_mtime_ns < 2**63:
+        assert res == _inline.RAW
+    assert tuple(got) == tuple(want)
+    for field in ("st_atime", "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns",
+                  "st_blksize", "st_blocks", "st_rdev"):  # fmt: skip
+        assert getattr(got, field) == getattr(want, field), field
+    on_os = os.stat(path)
+    for field in ("st_mode", "st_ino", "st_dev", "st_size", "st_mtime_ns", "st_atime_ns"):
+        assert getattr(got, field) == getattr(on_os, field), field
+
+    async def main() -> os.stat_result:
+        return await anyio_uring.Path(path).stat()
+
+    st = run(main)
+    assert tuple(st) == tuple(want)
+    assert st.st_mtime_ns == want.st_mtime_ns
+    assert st.st_mtime == want.st_mtime

@@ -22,6 +22,12 @@ fsync (an extension)   ``FSYNC``
 close                  ``CLOSE``
 =====================  ==========================================================================
 
+Before a ``STATX``, a read-only ``OPENAT``, a ``READ`` of a regular file or a ``CLOSE``, the
+kernel is asked directly, without blocking, whether it can do the call at once (a cached
+lookup, ``RWF_NOWAIT``, a file system whose ``->getattr`` and ``close`` never wait): see
+``_inline.py``.  Where it says "would block", the ring operation above runs, exactly as without
+the attempt.  (``ANYIO_URING_DISABLE=inline_fs`` turns the attempts off.)
+
 What does not fit the ring: an ``opener`` (a user callable, run in a worker thread),
 ``SEEK_DATA``/``SEEK_HOLE`` (``lseek`` in a worker thread), ``isatty()`` (one ``ioctl`` at open,
 only for character devices), and ``lseek`` on an *adopted* fd (``open_file(fd)``): there is no

@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from typing import TYPE_CHECKING, Any, Final
 
 from .._native import ffi, lib
@@ -103,13 +104,17 @@ LOCAL_MAGICS: Final[dict[int, str]] = {
 }
 
 UNKNOWN_MOUNT: Final = lib.AUR_INLINE_UNKNOWN_MOUNT
+#: ``aur_inline_stat``: the ``statx`` is there but not its digest (a time in ns overflows).
+RAW: Final = lib.AUR_INLINE_RAW
+#: ``aur_statres``: ``os.stat_result``'s 19 fields, in its order.
+DIGEST: Final = struct.Struct("=QQQQQQQqqqdddqqqQQQ")
 _LOCAL_MAX: Final = lib.AUR_INLINE_LOCAL_MAX
 _EAGAIN: Final = -errno.EAGAIN
 _RWF_NOWAIT: Final = getattr(os, "RWF_NOWAIT", 8)
 _MAX_RW: Final = 0x7FFFF000
 _AT_FDCWD: Final = -100
-#: Inline stat results that are final: success, and the errors of a cached negative lookup.
-_FINAL: Final = frozenset({0, -errno.ENOENT, -errno.ENOTDIR})
+#: Inline stat results that are final: success, and the errors of a cached lookup.
+_FINAL: Final = frozenset({0, RAW, -errno.ENOENT, -errno.ENOTDIR})
 
 #: unique mount id -> whether it is local, for the whole process (such ids are never reused).
 _MOUNTS: dict[int, bool] = {}
@@ -119,14 +124,18 @@ _SUPPORTED: list[bool] = []
 
 class Inline:
     """One ring's inline-attempt state: the C ``aur_fsinline`` (the table of local mounts the C
-    side checks, and the ``struct statx`` it fills) and a view of that ``statx``."""
+    side checks, the ``struct statx`` it fills and that statx as ``os.stat_result`` fields) and
+    views of those."""
 
-    __slots__ = ("c", "statx")
+    __slots__ = ("c", "st", "statx")
 
     def __init__(self) -> None:
         self.c: Any = ffi.new("aur_fsinline *")
         #: The ``struct statx`` the last successful attempt filled (a view, made once).
         self.statx: Any = ffi.buffer(self.c.statx)
+        #: Its ``aur_statres`` (:data:`DIGEST`), after ``aur_inline_stat`` returned 0.
+        self.st: Any = ffi.buffer(ffi.addressof(self.c, "st"))
+        assert len(self.st) == DIGEST.size
 
     def learn(self) -> bool:
         """After ``UNKNOWN_MOUNT``: whether the mount ``c.mnt_id`` is local (classified once per
@@ -152,8 +161,9 @@ class Inline:
         return local
 
     def stat(self, path: bytes, follow: bool) -> int:
-        """``aur_inline_stat`` (learning the mount on first sight): 0 -> :attr:`statx` holds the
-        result; ``-errno`` final (ENOENT, ENOTDIR); ``-EAGAIN``: use the ring."""
+        """``aur_inline_stat`` (learning the mount on first sight): 0 -> :attr:`st` and
+        :attr:`statx` hold the result, :data:`RAW` -> :attr:`statx` does; ``-errno`` final
+        (ENOENT, ENOTDIR); ``-EAGAIN``: use the ring."""
         return self.stat_again(lib.aur_inline_stat(self.c, _AT_FDCWD, path, 0 if follow else 1), path, follow)
 
     def stat_again(self, res: int, path: bytes, follow: bool) -> int:

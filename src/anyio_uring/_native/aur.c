@@ -787,6 +787,7 @@ uint32_t aur_pbuf_entry_len(const aur_pbuf *p, uint32_t index)
  * kernel ABI bits are defined here (not from libc headers, which may predate them). */
 
 #include <fcntl.h>
+#include <sys/sysmacros.h>
 
 #ifndef SYS_openat2
 #define SYS_openat2 437
@@ -876,6 +877,69 @@ static int inline_statx_fd(aur_fsinline *s, int fd)
     return 0;
 }
 
+/* struct statx (include/uapi/linux/stat.h), the part os.stat_result needs */
+struct aur_statx_ts {
+    int64_t tv_sec;
+    uint32_t tv_nsec;
+    int32_t reserved;
+};
+struct aur_statx {
+    uint32_t mask, blksize;
+    uint64_t attributes;
+    uint32_t nlink, uid, gid;
+    uint16_t mode, spare0;
+    uint64_t ino, size, blocks, attributes_mask;
+    struct aur_statx_ts atime, btime, ctime, mtime;
+    uint32_t rdev_major, rdev_minor, dev_major, dev_minor;
+};
+_Static_assert(offsetof(struct aur_statx, atime) == 64, "statx layout");
+_Static_assert(offsetof(struct aur_statx, dev_minor) == 140, "statx layout");
+
+/* Python's s + ns * 1e-9 on floats: the product is rounded before the sum (no fused
+ * multiply-add, which the compiler may otherwise contract this into). */
+static double inline_float_time(const struct aur_statx_ts *t)
+{
+    volatile double frac = (double)t->tv_nsec * 1e-9;
+    return (double)t->tv_sec + frac;
+}
+
+static int inline_ns_time(const struct aur_statx_ts *t, int64_t *out)
+{
+    int64_t ns;
+    if (__builtin_mul_overflow(t->tv_sec, (int64_t)1000000000, &ns) ||
+        __builtin_add_overflow(ns, (int64_t)t->tv_nsec, out))
+        return -1;
+    return 0;
+}
+
+/* s->statx -> s->st; AUR_INLINE_RAW if a time in ns does not fit int64 (Python decodes it). */
+static int inline_digest(aur_fsinline *s)
+{
+    struct aur_statx sx;
+    aur_statres *o = &s->st;
+    memcpy(&sx, s->statx, sizeof(sx));
+    if (inline_ns_time(&sx.atime, &o->atime_ns) || inline_ns_time(&sx.mtime, &o->mtime_ns) ||
+        inline_ns_time(&sx.ctime, &o->ctime_ns))
+        return AUR_INLINE_RAW;
+    o->mode = sx.mode;
+    o->ino = sx.ino;
+    o->dev = makedev(sx.dev_major, sx.dev_minor);
+    o->nlink = sx.nlink;
+    o->uid = sx.uid;
+    o->gid = sx.gid;
+    o->size = sx.size;
+    o->atime = sx.atime.tv_sec;
+    o->mtime = sx.mtime.tv_sec;
+    o->ctime = sx.ctime.tv_sec;
+    o->atime_f = inline_float_time(&sx.atime);
+    o->mtime_f = inline_float_time(&sx.mtime);
+    o->ctime_f = inline_float_time(&sx.ctime);
+    o->blksize = sx.blksize;
+    o->blocks = sx.blocks;
+    o->rdev = makedev(sx.rdev_major, sx.rdev_minor);
+    return 0;
+}
+
 int aur_inline_stat(aur_fsinline *s, int32_t dirfd, const char *path, uint32_t nofollow)
 {
     int fd = inline_openat2(dirfd, path, O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0));
@@ -883,7 +947,7 @@ int aur_inline_stat(aur_fsinline *s, int32_t dirfd, const char *path, uint32_t n
         return fd;
     int ret = inline_statx_fd(s, fd);
     close(fd); /* an O_PATH fd: no flush, no release */
-    return ret;
+    return ret == 0 ? inline_digest(s) : ret;
 }
 
 int aur_inline_open(aur_fsinline *s, int32_t dirfd, const char *path, uint32_t flags)
