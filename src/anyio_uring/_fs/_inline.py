@@ -93,14 +93,14 @@ if TYPE_CHECKING:
 __all__ = ["LOCAL_MAGICS", "Inline", "inline_for", "nowait_read"]
 
 #: Super-block magics of the file systems whose ``->getattr`` reads only the in-memory inode and
-#: whose regular files have no ``->flush`` (include/uapi/linux/magic.h).
+#: whose regular files have no ``->flush`` (include/uapi/linux/magic.h).  (Not f2fs: it has a
+#: ``->flush``; not overlayfs: its getattr is that of the layers, which may be anything.)
 LOCAL_MAGICS: Final[dict[int, str]] = {
     0xEF53: "ext2/ext3/ext4",
     0x58465342: "xfs",
     0x9123683E: "btrfs",
     0x01021994: "tmpfs",
     0x858458F6: "ramfs",
-    0xF2F52010: "f2fs",
 }
 
 UNKNOWN_MOUNT: Final = lib.AUR_INLINE_UNKNOWN_MOUNT
