@@ -530,3 +530,25 @@ def test_stat_results_are_those_of_the_statx_decoder(local_dir: SyncPath, ns: in
     assert tuple(st) == tuple(want)
     assert st.st_mtime_ns == want.st_mtime_ns
     assert st.st_mtime == want.st_mtime
+
+
+def test_adopted_fds_are_inline_unless_o_direct(local_dir: SyncPath) -> None:
+    """A synchronous RWF_NOWAIT read of an O_DIRECT fd would wait for the device: such an
+    adopted fd reads on the ring; a plain one is inline like our own opens."""
+    path = local_dir / "f"
+    path.write_bytes(b"y" * 8192)
+
+    async def main() -> None:
+        fd = os.open(path, os.O_RDONLY)
+        async with await open_file(fd, "rb", buffering=0) as f:
+            assert f._inline  # type: ignore[attr-defined]
+            assert await f.read(5) == b"yyyyy"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            return  # no O_DIRECT on this file system
+        async with await open_file(fd, "rb", buffering=0) as f:
+            assert not f._inline  # type: ignore[attr-defined]
+            assert f._inline_stat is not None  # type: ignore[attr-defined]
+
+    run(main)

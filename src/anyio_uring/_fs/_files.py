@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import fcntl
 import io
 import locale
 import mmap
@@ -142,6 +143,7 @@ _EAGAIN: Final = -errno.EAGAIN
 #: Open flags for which there is no inline attempt (RESOLVE_CACHED refuses them; io_uring
 #: always runs them in io-wq).
 _RING_ONLY_OPEN: Final = os.O_CREAT | os.O_TRUNC | getattr(os, "O_TMPFILE", 0)
+_O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -497,6 +499,7 @@ class RawFile(AsyncFile[bytes]):
         adopted: bool,
         limiter: _AnyioCapacityLimiter | None,
         local: bool = False,
+        direct: bool = False,
     ) -> None:
         self._ring = ring
         self._fd = fd
@@ -533,8 +536,8 @@ class RawFile(AsyncFile[bytes]):
         #: local: see ``_inline.py``), else None.
         self._inline_stat = inline if local else None
         #: Reads try RWF_NOWAIT inline, and the close is inline: a regular file on a local
-        #: mount (cleared if the file refuses RWF_NOWAIT).
-        self._inline = self._inline_stat is not None and self._regular
+        #: mount, not O_DIRECT (cleared if the file refuses RWF_NOWAIT).
+        self._inline = self._inline_stat is not None and self._regular and not direct
         #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq;
         #: reads then skip the inline attempt too).
         self._read_sqe_flags = 0
@@ -2310,6 +2313,9 @@ async def _open_raw(
             adopted=adopted,
             limiter=limiter,
             local=found,
+            # An fd from elsewhere may be O_DIRECT: a synchronous RWF_NOWAIT read of it would
+            # still wait for the device, so it reads on the ring (F_GETFL never blocks).
+            direct=found and adopted and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT),
         )
     except BaseException:
         if owned is not None and owned.owned:

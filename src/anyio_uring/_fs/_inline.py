@@ -65,7 +65,10 @@ Why an attempt never blocks
   as io_uring's inline attempt does (a FIFO then does not wait for a writer: see
   ``_fifo_wait_for_writer``; a lease break answers ``EAGAIN`` -> the ring, where it waits).
 * ``RWF_NOWAIT`` reads answer ``EAGAIN`` instead of waiting for a page or a lock, and
-  ``EOPNOTSUPP`` on files without ``FMODE_NOWAIT`` (the file then stops trying).
+  ``EOPNOTSUPP`` on files without ``FMODE_NOWAIT`` (the file then stops trying).  (A
+  synchronous ``O_DIRECT`` read would still wait for the device: an adopted fd or an opener's
+  fd with ``O_DIRECT`` reads on the ring.  Our own opens never set it; an fd switched to
+  ``O_DIRECT`` with ``fcntl`` after the open is not noticed.)
 * ``close`` of a regular file on a local mount: no ``->flush``; the final ``fput`` runs in this
   thread on return from the system call, as it does after io_uring's inline ``CLOSE``.
 
