@@ -2,7 +2,7 @@
 anyio_uring's files on the ring.
 
 Usage: python benchmarks/files_bench.py [--reps 5] [--duration 0.5] [--only seq,random,small,stat]
-[--tasks 1,64]
+[--tasks 1,64] [--runtimes asyncio,uvloop,trio,uring] [--json results.json]
 
 Every runtime runs the *same* code through anyio's API (``anyio.run`` with backend ``asyncio``,
 ``asyncio`` + ``use_uvloop``, ``trio``, and ``uring``); only the file API differs:
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import random
@@ -200,6 +201,7 @@ def main() -> None:
     parser.add_argument("--tasks", default="1,64", help="comma-separated task counts")
     parser.add_argument("--runtimes", default=",".join(r[0] for r in RUNTIMES), help="comma-separated")
     parser.add_argument("--dir", default=None, help="where to put the files (default: a temporary directory)")
+    parser.add_argument("--json", default=None, help="also write every measurement to this file")
     args = parser.parse_args()
     only = [w.strip() for w in args.only.split(",") if w.strip()]
     task_counts = [int(t) for t in args.tasks.split(",") if t.strip()]
@@ -221,6 +223,9 @@ def main() -> None:
                     )
                     results.setdefault((workload, tasks, label), []).append(value)
             print(f"  repetition {rep + 1}/{args.reps} done", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump([[w, t, label, values] for (w, t, label), values in results.items()], out)
 
     labels = [label for label, *_ in runtimes]
     header = (
@@ -233,7 +238,8 @@ def main() -> None:
     for workload, tasks in rows:
         med = {label: statistics.median(results[(workload, tasks, label)]) for label in labels}
         fmt = "{:>12.2f}" if workload == "seq" else "{:>12,.0f}"
-        row = f"{workload:<10}{tasks:>6}{UNITS[workload]:>9}" + "".join(fmt.format(med[label]) for label in labels)
+        row = f"{workload:<10}{tasks:>6}{UNITS[workload]:>9}"
+        row += "".join(fmt.format(med[label]) for label in labels)
         peers = [v for label, v in med.items() if label != "uring"]
         if "uring" not in med or not peers:
             print(row)
