@@ -47,6 +47,21 @@ def _local(path: SyncPath) -> bool:
     return probe.stat(os.fsencode(path), True) == 0
 
 
+def _nowait_ok(directory: SyncPath) -> bool:
+    """Whether regular files there take RWF_NOWAIT reads (tmpfs' answer EOPNOTSUPP)."""
+    probe = directory / ".nowait-probe"
+    probe.write_bytes(b"x")
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return True
+
+
 @pytest.fixture
 def local_dir(tmp_path: SyncPath) -> SyncPath:
     if not _local(tmp_path):
@@ -107,10 +122,12 @@ def test_stat_open_read_close_are_inline(local_dir: SyncPath, counts: dict[str, 
         async with await open_file(path, "r+b") as f:  # O_RDWR: inline too; the write is not
             assert await f.read(3) == data[:3]
 
+    nowait = _nowait_ok(local_dir)
     run(main)
     assert counts.get("openat", 0) == 0
     assert counts.get("statx", 0) == 0
-    assert counts.get("read", 0) == 0
+    if nowait:
+        assert counts.get("read", 0) == 0
     assert counts.get("close_fd", 0) == 0
 
 
@@ -315,6 +332,8 @@ def _cached_pages(path: SyncPath, offset: int, length: int) -> int:
 def test_uncached_pages_fall_back_to_a_ring_read(
     local_dir: SyncPath, counts: dict[str, int], buffering: int
 ) -> None:
+    if not _nowait_ok(local_dir):
+        pytest.skip("no RWF_NOWAIT reads on this file system")
     path = local_dir / "f.bin"
     data = os.urandom(64 * 1024)
     path.write_bytes(data)
@@ -552,3 +571,36 @@ def test_adopted_fds_are_inline_unless_o_direct(local_dir: SyncPath) -> None:
             assert f._inline_stat is not None  # type: ignore[attr-defined]
 
     run(main)
+
+
+def test_a_mount_without_rwf_nowait_reads_on_the_ring(counts: dict[str, int]) -> None:
+    """tmpfs refuses RWF_NOWAIT (EOPNOTSUPP): the first file learns it for the mount, the next
+    ones read on the ring from the start; stat, open and close stay inline."""
+    shm = SyncPath("/dev/shm")
+    if not shm.is_dir() or not _local(shm) or _nowait_ok(shm):
+        pytest.skip("needs a local file system without RWF_NOWAIT reads at /dev/shm (tmpfs)")
+    directory = shm / f"anyio-uring-test-{os.getpid()}"
+    directory.mkdir()
+    try:
+        for name in ("a", "b"):
+            (directory / name).write_bytes(name.encode() * 100)
+
+        async def main() -> list[bool]:
+            flags = []
+            for name in ("a", "b"):
+                async with await open_file(directory / name, "rb") as f:
+                    flags.append(f.raw._inline)
+                    assert await f.read() == name.encode() * 100
+                    assert not f.raw._inline
+                    assert f.raw._inline_close
+            return flags
+
+        assert run(main) == [True, False]
+    finally:
+        for child in directory.iterdir():
+            child.unlink()
+        directory.rmdir()
+    assert counts["read"] == 2
+    assert counts.get("openat", 0) == 0
+    assert counts.get("statx", 0) == 0
+    assert counts.get("close_fd", 0) == 0

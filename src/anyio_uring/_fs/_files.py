@@ -499,6 +499,7 @@ class RawFile(AsyncFile[bytes]):
         adopted: bool,
         limiter: _AnyioCapacityLimiter | None,
         local: bool = False,
+        mount: int = 0,
         direct: bool = False,
     ) -> None:
         self._ring = ring
@@ -535,9 +536,15 @@ class RawFile(AsyncFile[bytes]):
         #: The ring's inline attempts, for a file whose STATX they may answer (its mount is
         #: local: see ``_inline.py``), else None.
         self._inline_stat = inline if local else None
-        #: Reads try RWF_NOWAIT inline, and the close is inline: a regular file on a local
-        #: mount, not O_DIRECT (cleared if the file refuses RWF_NOWAIT).
-        self._inline = self._inline_stat is not None and self._regular and not direct
+        #: The unique id of its mount, if local (0: unknown).
+        self._mount = mount
+        #: The close is a system call: a regular file on a local mount (no ->flush).
+        self._inline_close = inline is not None and local and self._regular
+        #: Reads try RWF_NOWAIT inline: such a file, not O_DIRECT, on a mount whose files take
+        #: RWF_NOWAIT (tmpfs' do not).
+        self._inline = (
+            inline is not None and self._inline_close and not direct and mount not in inline.no_nowait
+        )
         #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq;
         #: reads then skip the inline attempt too).
         self._read_sqe_flags = 0
@@ -622,7 +629,7 @@ class RawFile(AsyncFile[bytes]):
                     await cancel_shielded_checkpoint()
                     return res
                 if res == -2:
-                    self._inline = False
+                    self._no_nowait()
             op = self._op = self._ring.read(self._fd, buf, self._pos, self._read_sqe_flags)
             res = await wait_operation(op)
             if res < 0:
@@ -645,8 +652,15 @@ class RawFile(AsyncFile[bytes]):
                 await cancel_shielded_checkpoint()
                 return res
             if res == -2:
-                self._inline = False
+                self._no_nowait()
         return await wait_operation(self._ring.read(self._fd, buf, self._pos, self._read_sqe_flags))
+
+    def _no_nowait(self) -> None:
+        """The file refused RWF_NOWAIT (EOPNOTSUPP): it, and from now on its mount's other files,
+        read on the ring."""
+        self._inline = False
+        if self._inline_stat is not None and self._mount:
+            self._inline_stat.no_nowait.add(self._mount)
 
     async def _pwrite(self, data: Any) -> int:
         """One WRITE of ``data`` at the position (at the end in append mode)."""
@@ -786,7 +800,7 @@ class RawFile(AsyncFile[bytes]):
         self._closed = True
         self._stash = bytearray()
         if self._closefd:
-            if self._inline:
+            if self._inline_close:
                 await _close_inline(self._fd)
                 return
             res = await wait_operation(self._ring.close_fd(self._fd))
@@ -805,7 +819,7 @@ class RawFile(AsyncFile[bytes]):
         ``ValueError`` of a closed file -- or, if the operation completed first, its result),
         operations waiting for the file's lock get that error too, and the fd is closed after
         the parked operation's final CQE (the parked task never sees the number reused)."""
-        if self._inline and self._closefd and not self._closed and not self._lock._busy:
+        if self._inline_close and self._closefd and not self._closed and not self._lock._busy:
             self._closed = True
             self._stash = bytearray()
             await _close_inline(self._fd)
@@ -1074,7 +1088,7 @@ class BufferedFile(AsyncFile[bytes]):
         flush, an inline close (see ``_inline.py``) and nobody else using the file, it closes at
         once: nothing could be cancelled, so there is no scope to enter."""
         raw = self._raw
-        if raw._inline and not self._wbuf and raw._closefd and not raw._closed and not self._lock._busy:
+        if raw._inline_close and not self._wbuf and raw._closefd and not raw._closed and not self._lock._busy:
             raw._closed = True
             self._rbuf = bytearray()
             await _close_inline(raw._fd)
@@ -1429,7 +1443,7 @@ class BufferedFile(AsyncFile[bytes]):
             self._rbuf = bytearray()
             if raw._closefd:  # the common case, without another frame
                 raw._closed = True
-                if raw._inline:
+                if raw._inline_close:
                     await _close_inline(raw._fd)
                     return
                 res = await wait_operation(raw._ring.close_fd(raw._fd))
@@ -2268,11 +2282,13 @@ async def _open_raw(
             owned = OwnedFd(fd)
             adopted = True
     st: tuple[int, int, int]
+    mount = 0
     try:
         if inline is not None and not found and (not opened_inline or inline.learn()):
             found = inline.fstat(fd)  # (after an inline open: only once its mount is local)
         if found:
             assert inline is not None
+            mount = inline.c.mnt_id  # (read now: another task may use inline.c after a yield)
             st = _STATX_OPEN.unpack_from(inline.statx)
             st = (st[1], st[2], st[0])
             if opened_inline:
@@ -2313,6 +2329,7 @@ async def _open_raw(
             adopted=adopted,
             limiter=limiter,
             local=found,
+            mount=mount,
             # An fd from elsewhere may be O_DIRECT: a synchronous RWF_NOWAIT read of it would
             # still wait for the device, so it reads on the ring (F_GETFL never blocks).
             direct=found and adopted and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT),

@@ -130,7 +130,7 @@ class Inline:
     side checks, the ``struct statx`` it fills and that statx as ``os.stat_result`` fields) and
     views of those."""
 
-    __slots__ = ("c", "st", "statx")
+    __slots__ = ("c", "no_nowait", "st", "statx")
 
     def __init__(self) -> None:
         self.c: Any = ffi.new("aur_fsinline *")
@@ -139,6 +139,8 @@ class Inline:
         #: Its ``aur_statres`` (:data:`DIGEST`), after ``aur_inline_stat`` returned 0.
         self.st: Any = ffi.buffer(ffi.addressof(self.c, "st"))
         assert len(self.st) == DIGEST.size
+        #: Local mounts whose files refused ``RWF_NOWAIT`` (tmpfs): no read attempts there.
+        self.no_nowait: set[int] = set()
 
     def learn(self) -> bool:
         """After ``UNKNOWN_MOUNT``: whether the mount ``c.mnt_id`` is local (classified once per
