@@ -22,6 +22,12 @@ fsync (an extension)   ``FSYNC``
 close                  ``CLOSE``
 =====================  ==========================================================================
 
+Before a ``STATX``, a read-only ``OPENAT``, a ``READ`` of a regular file or a ``CLOSE``, the
+kernel is asked directly, without blocking, whether it can do the call at once (a cached
+lookup, ``RWF_NOWAIT``, a file system whose ``->getattr`` and ``close`` never wait): see
+``_inline.py``.  Where it says "would block", the ring operation above runs, exactly as without
+the attempt.  (``ANYIO_URING_DISABLE=inline_fs`` turns the attempts off.)
+
 What does not fit the ring: an ``opener`` (a user callable, run in a worker thread),
 ``SEEK_DATA``/``SEEK_HOLE`` (``lseek`` in a worker thread), ``isatty()`` (one ``ioctl`` at open,
 only for character devices), and ``lseek`` on an *adopted* fd (``open_file(fd)``): there is no
@@ -79,6 +85,7 @@ from __future__ import annotations
 
 import codecs
 import errno
+import fcntl
 import io
 import locale
 import mmap
@@ -101,8 +108,10 @@ from .._core._context import GLOBAL, current_runner
 from .._core._run import checkpoint_if_cancelled
 from .._core._sync import ParkingLot
 from .._core._threads import to_thread_run_sync
-from .._native import ffi
+from .._core._traps import cancel_shielded_checkpoint
+from .._native import ffi, lib
 from .._ring import OwnedFd
+from ._inline import Inline, inline_for, nowait_read
 
 if TYPE_CHECKING:
     from _typeshed import OpenBinaryMode, OpenTextMode, ReadableBuffer, WriteableBuffer
@@ -130,6 +139,11 @@ _LAZY_MIN: Final = 256 * 1024
 _OFF_MIN: Final = -(1 << 63)
 _OFF_MAX: Final = (1 << 63) - 1
 _CLOSED_IO: Final = "I/O operation on closed file"
+_EAGAIN: Final = -errno.EAGAIN
+#: Open flags for which there is no inline attempt (RESOLVE_CACHED refuses them; io_uring
+#: always runs them in io-wq).
+_RING_ONLY_OPEN: Final = os.O_CREAT | os.O_TRUNC | getattr(os, "O_TMPFILE", 0)
+_O_DIRECT: Final = getattr(os, "O_DIRECT", 0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -194,11 +208,17 @@ _STAT_FIELDS_OK: Final = os.stat_result.n_fields == 19 and os.stat_result.n_sequ
 
 
 def stat_from_statx(buf: Any) -> os.stat_result:
-    """Decode a 256-byte ``struct statx`` into the ``os.stat_result`` ``os.stat()`` returns."""
+    """Decode a 256-byte ``struct statx`` (cdata) into the ``os.stat_result`` ``os.stat()``
+    returns."""
+    return stat_from_view(ffi.buffer(buf))
+
+
+def stat_from_view(view: Any) -> os.stat_result:
+    """:func:`stat_from_statx` of a ``struct statx`` given as a buffer."""
     (
         _mask, blksize, _attrs, nlink, uid, gid, mode, ino, size, blocks, _amask,
         a_s, a_ns, _b_s, _b_ns, c_s, c_ns, m_s, m_ns, rdev_ma, rdev_mi, dev_ma, dev_mi,
-    ) = _STATX.unpack_from(ffi.buffer(buf))  # fmt: skip
+    ) = _STATX.unpack_from(view)  # fmt: skip
     return os.stat_result(
         (
             mode,
@@ -224,15 +244,30 @@ def stat_from_statx(buf: Any) -> os.stat_result:
     )
 
 
-_CAPABILITIES: weakref.WeakKeyDictionary[Ring, tuple[bool, bool]] = weakref.WeakKeyDictionary()
+_CAPABILITIES: weakref.WeakKeyDictionary[Ring, tuple[bool, bool, Inline | None]] = weakref.WeakKeyDictionary()
 
 
-def capabilities(ring: Ring) -> tuple[bool, bool]:
-    """(STATX on the ring, FTRUNCATE on the ring) -- cached per ring."""
-    entry = _CAPABILITIES.get(ring)
-    if entry is None:
-        entry = _CAPABILITIES[ring] = (use_statx(ring), ring.support.ftruncate)
-    return entry
+#: The last ring asked about and its entry: most programs have one loop, and a weak
+#: dictionary's lookup costs more than the rest of a stat.  (A tuple: replaced atomically.)
+_LAST_CAPABILITIES: tuple[Callable[[], Ring | None], tuple[bool, bool, Inline | None]] = (
+    lambda: None,
+    (False, False, None),
+)
+
+
+def capabilities(ring: Ring) -> tuple[bool, bool, Inline | None]:
+    """(STATX on the ring, FTRUNCATE on the ring, the ring's inline attempts or ``None``; see
+    ``_inline.py``) -- cached per ring."""
+    global _LAST_CAPABILITIES
+    ref, entry = _LAST_CAPABILITIES
+    if ref() is ring:
+        return entry
+    found = _CAPABILITIES.get(ring)
+    if found is None:
+        statx = use_statx(ring)
+        found = _CAPABILITIES[ring] = (statx, ring.support.ftruncate, inline_for(ring, statx))
+    _LAST_CAPABILITIES = (weakref.ref(ring), found)
+    return found
 
 
 def use_statx(ring: Ring) -> bool:
@@ -463,6 +498,9 @@ class RawFile(AsyncFile[bytes]):
         pos: int,
         adopted: bool,
         limiter: _AnyioCapacityLimiter | None,
+        local: bool = False,
+        mount: int = 0,
+        direct: bool = False,
     ) -> None:
         self._ring = ring
         self._fd = fd
@@ -494,8 +532,21 @@ class RawFile(AsyncFile[bytes]):
         self._stash = bytearray()
         self._lock = _FileLock()
         self._limiter = limiter
-        self._statx, self._ftruncate = capabilities(ring)
-        #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq).
+        self._statx, self._ftruncate, inline = capabilities(ring)
+        #: The ring's inline attempts, for a file whose STATX they may answer (its mount is
+        #: local: see ``_inline.py``), else None.
+        self._inline_stat = inline if local else None
+        #: The unique id of its mount, if local (0: unknown).
+        self._mount = mount
+        #: The close is a system call: a regular file on a local mount (no ->flush).
+        self._inline_close = inline is not None and local and self._regular
+        #: Reads try RWF_NOWAIT inline: such a file, not O_DIRECT, on a mount whose files take
+        #: RWF_NOWAIT (tmpfs' do not).
+        self._inline = (
+            inline is not None and self._inline_close and not direct and mount not in inline.no_nowait
+        )
+        #: Extra SQE flags for READ/WRITE operations (tests set IOSQE_ASYNC to force io-wq;
+        #: reads then skip the inline attempt too).
         self._read_sqe_flags = 0
         self._write_sqe_flags = 0
 
@@ -571,6 +622,14 @@ class RawFile(AsyncFile[bytes]):
         if self._positional:
             if self._pos < 0:
                 await self._sync_pos()
+            if self._inline and not self._read_sqe_flags:
+                res = nowait_read(self._fd, buf, self._pos)
+                if res >= 0:
+                    self._pos += res
+                    await cancel_shielded_checkpoint()
+                    return res
+                if res == -2:
+                    self._no_nowait()
             op = self._op = self._ring.read(self._fd, buf, self._pos, self._read_sqe_flags)
             res = await wait_operation(op)
             if res < 0:
@@ -582,6 +641,26 @@ class RawFile(AsyncFile[bytes]):
         if res < 0:
             raise self._op_error(res)
         return res
+
+    async def _read_here(self, buf: Any) -> int:
+        """One read into ``buf`` at the (known) position of a positional file, inline or a READ;
+        the result (``-errno`` on failure), the position not moved -- the buffered layer's hot
+        paths."""
+        if self._inline and not self._read_sqe_flags:
+            res = nowait_read(self._fd, buf, self._pos)
+            if res >= 0:
+                await cancel_shielded_checkpoint()
+                return res
+            if res == -2:
+                self._no_nowait()
+        return await wait_operation(self._ring.read(self._fd, buf, self._pos, self._read_sqe_flags))
+
+    def _no_nowait(self) -> None:
+        """The file refused RWF_NOWAIT (EOPNOTSUPP): it, and from now on its mount's other files,
+        read on the ring."""
+        self._inline = False
+        if self._inline_stat is not None and self._mount:
+            self._inline_stat.no_nowait.add(self._mount)
 
     async def _pwrite(self, data: Any) -> int:
         """One WRITE of ``data`` at the position (at the end in append mode)."""
@@ -624,6 +703,11 @@ class RawFile(AsyncFile[bytes]):
         return size
 
     async def _fstat(self) -> os.stat_result:
+        inline = self._inline_stat
+        if inline is not None and inline.fstat(self._fd):
+            st = stat_from_view(inline.statx)
+            await cancel_shielded_checkpoint()
+            return st
         if self._statx:
             return await ring_stat(self._ring, self._fd, b"", AT_EMPTY_PATH, None)
         result: os.stat_result = await run_sync_in_thread(os.fstat, self._fd, limiter=self._limiter)
@@ -716,6 +800,9 @@ class RawFile(AsyncFile[bytes]):
         self._closed = True
         self._stash = bytearray()
         if self._closefd:
+            if self._inline_close:
+                await _close_inline(self._fd)
+                return
             res = await wait_operation(self._ring.close_fd(self._fd))
             if res < 0:
                 raise os_error(res)
@@ -725,11 +812,18 @@ class RawFile(AsyncFile[bytes]):
     async def aclose(self) -> None:
         """Close the file; shielded from cancellation (as in anyio).
 
-        It does not queue behind an operation another task is parked on (a read of a FIFO whose
+        A file whose close is inline (see ``_inline.py``) and that nobody else is using closes at
+        once: nothing here could be cancelled, so there is no scope to enter.  Otherwise, it
+        does not queue behind an operation another task is parked on (a read of a FIFO whose
         writer is silent, a write to a full pipe): that operation is ended (its task gets the
         ``ValueError`` of a closed file -- or, if the operation completed first, its result),
         operations waiting for the file's lock get that error too, and the fd is closed after
         the parked operation's final CQE (the parked task never sees the number reused)."""
+        if self._inline_close and self._closefd and not self._closed and not self._lock._busy:
+            self._closed = True
+            self._stash = bytearray()
+            await _close_inline(self._fd)
+            return
         with CancelScope(shield=True):
             lock = self._lock
             if lock._busy:
@@ -989,6 +1083,18 @@ class BufferedFile(AsyncFile[bytes]):
         state = " [closed]" if self._raw._closed else ""
         return f"<anyio_uring.{self._kind}{state} name={self._raw.name!r}>"
 
+    async def aclose(self) -> None:
+        """Flush and close the file; shielded from cancellation (as in anyio).  With nothing to
+        flush, an inline close (see ``_inline.py``) and nobody else using the file, it closes at
+        once: nothing could be cancelled, so there is no scope to enter."""
+        raw = self._raw
+        if raw._inline_close and not self._wbuf and raw._closefd and not raw._closed and not self._lock._busy:
+            raw._closed = True
+            self._rbuf = bytearray()
+            await _close_inline(raw._fd)
+            return
+        await super().aclose()
+
     @property
     def _kind(self) -> str:
         if self._readable and self._writable:
@@ -1113,7 +1219,7 @@ class BufferedFile(AsyncFile[bytes]):
             # (A large request past a regular file's known end goes below, in chunks sized
             # from the file.)
             chunk = bytearray(n)
-            res = await wait_operation(raw._ring.read(raw._fd, chunk, raw._pos, raw._read_sqe_flags))
+            res = await raw._read_here(chunk)
             if res < 0:
                 raise os_error(res)
             raw._pos += res
@@ -1173,7 +1279,7 @@ class BufferedFile(AsyncFile[bytes]):
             if not self._rbuf and request <= _MAX_RW:
                 # The common case: one READ of the known rest (+1 to see the end) does it.
                 chunk = bytearray(request)
-                res = await wait_operation(raw._ring.read(raw._fd, chunk, raw._pos, raw._read_sqe_flags))
+                res = await raw._read_here(chunk)
                 if res < 0:
                     raise os_error(res)
                 raw._pos += res
@@ -1337,6 +1443,9 @@ class BufferedFile(AsyncFile[bytes]):
             self._rbuf = bytearray()
             if raw._closefd:  # the common case, without another frame
                 raw._closed = True
+                if raw._inline_close:
+                    await _close_inline(raw._fd)
+                    return
                 res = await wait_operation(raw._ring.close_fd(raw._fd))
                 if res < 0:
                     raise os_error(res)
@@ -2130,8 +2239,11 @@ async def _open_raw(
     opener: Callable[[str, int], int] | None,
     limiter: _AnyioCapacityLimiter | None,
 ) -> RawFile:
-    """FileIO's constructor: OPENAT (or adopt an fd / call the opener), then STATX."""
+    """FileIO's constructor: OPENAT (or adopt an fd / call the opener), then STATX -- each tried
+    inline first where that cannot block (see ``_inline.py``)."""
     flags = mode.flags
+    inline = capabilities(ring)[2]
+    found = opened_inline = False  # the inline attempts: statx in hand, open done inline
     adopted = isinstance(file, int)
     if adopted:
         assert isinstance(file, int)
@@ -2142,7 +2254,21 @@ async def _open_raw(
     else:
         if not closefd:
             raise ValueError("Cannot use closefd=False with file name")
-        if opener is None:
+        res = _EAGAIN
+        if opener is None and inline is not None and not flags & _RING_ONLY_OPEN:
+            path = file if type(file) is bytes else os.fsencode(file)
+            res = lib.aur_inline_open(inline.c, AT_FDCWD, path, flags)
+            if res >= 0:
+                owned = OwnedFd(res)
+                fd = res
+                opened_inline = True
+                found = bool(inline.c.found)
+            elif res != _EAGAIN:
+                await cancel_shielded_checkpoint()  # where the OPENAT's result would have come
+                raise os_error(res, file)
+        if opened_inline:
+            pass
+        elif opener is None:
             owned = await wait_owned_fd(
                 ring.openat(AT_FDCWD, file, flags, 0o666), lambda r: os_error(r, file)
             )
@@ -2155,13 +2281,24 @@ async def _open_raw(
                 raise ValueError(f"opener returned {fd}")
             owned = OwnedFd(fd)
             adopted = True
+    st: tuple[int, int, int]
+    mount = 0
     try:
-        if use_statx(ring):
+        if inline is not None and not found and (not opened_inline or inline.learn()):
+            found = inline.fstat(fd)  # (after an inline open: only once its mount is local)
+        if found:
+            assert inline is not None
+            mount = inline.c.mnt_id  # (read now: another task may use inline.c after a yield)
+            st = _STATX_OPEN.unpack_from(inline.statx)
+            st = (st[1], st[2], st[0])
+            if opened_inline:
+                await cancel_shielded_checkpoint()  # the open's schedule point
+        elif use_statx(ring):
             op = ring.statx(fd, b"", AT_EMPTY_PATH, STATX_BASIC_STATS)
             res = await wait_operation(op)
             if res < 0:
                 raise os_error(res)
-            st: tuple[int, int, int] = _STATX_OPEN.unpack_from(ffi.buffer(op.output))
+            st = _STATX_OPEN.unpack_from(ffi.buffer(op.output))
             st = (st[1], st[2], st[0])
         else:
             full = await run_sync_in_thread(os.fstat, fd, limiter=limiter)
@@ -2191,6 +2328,11 @@ async def _open_raw(
             pos=pos,
             adopted=adopted,
             limiter=limiter,
+            local=found,
+            mount=mount,
+            # An fd from elsewhere may be O_DIRECT: a synchronous RWF_NOWAIT read of it would
+            # still wait for the device, so it reads on the ring (F_GETFL never blocks).
+            direct=found and adopted and bool(fcntl.fcntl(fd, fcntl.F_GETFL) & _O_DIRECT),
         )
     except BaseException:
         if owned is not None and owned.owned:
@@ -2241,6 +2383,15 @@ async def _fifo_wait_for_writer(ring: Ring, fd: int, file: Any) -> None:
     if seen:
         return  # ended by the poll: a writer has been there
     raise os_error(res, file)
+
+
+async def _close_inline(fd: int) -> None:
+    """``CLOSE`` as a system call (a regular file on a local mount, see ``_inline.py``), then the
+    schedule point the ring operation would have been."""
+    try:
+        os.close(fd)
+    finally:
+        await cancel_shielded_checkpoint()
 
 
 async def _close_quietly(f: AsyncFile[Any]) -> None:

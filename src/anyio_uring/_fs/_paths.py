@@ -36,6 +36,9 @@ method                                  how
 ``copy``/``move``... (3.14+)
 ======================================  ==================================================
 
+``STATX`` is preceded by an inline attempt that cannot block (a cached lookup and, on a local
+file system, ``statx(2)``; see ``_inline.py``); ``STATX`` runs where it would block.
+
 The ring paths raise exactly what the ``os`` functions raise (same ``OSError`` subclass, errno,
 ``filename`` and ``filename2``; for a path with a NUL byte, the ``ValueError`` of the running
 CPython, whose text changed in 3.13).  ``STATX``, when masked or missing, falls back to ``os.stat``
@@ -48,6 +51,7 @@ import errno
 import os
 import pathlib
 import stat as _stat
+import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from functools import partial
@@ -56,19 +60,24 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 import anyio
 
 from .._core._cancel import wait_operation, wait_owned_fd
-from .._core._run import checkpoint, current_runner
+from .._core._run import checkpoint, checkpoint_if_cancelled, current_runner
+from .._core._traps import cancel_shielded_checkpoint
+from .._native import lib
+from . import _inline
 from ._files import (
     AT_FDCWD,
     AT_REMOVEDIR,
     AT_SYMLINK_NOFOLLOW,
     STATX_BASIC_STATS,
     AsyncFile,
+    _cancel_pending,
     capabilities,
     open_any,
     os_error,
     ring_stat,
     run_sync_in_thread,
     stat_from_statx,
+    stat_from_view,
 )
 
 if TYPE_CHECKING:
@@ -81,6 +90,11 @@ from typing import Self
 __all__ = ["Path"]
 
 _IGNORED_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+_EAGAIN = -errno.EAGAIN
+_RAW = _inline.RAW
+_unpack_digest = _inline.DIGEST.unpack_from
+_stat_result = os.stat_result
+_STATX_MODE = struct.Struct("=28xH")
 
 
 def _ring() -> Ring:
@@ -161,7 +175,30 @@ class Path(anyio.Path):
         ring = _ring()
         path = self._path
         raw = self._raw()
-        if capabilities(ring)[0]:
+        statx, _, inline = capabilities(ring)
+        if inline is not None:  # first without blocking (see _inline.py), else STATX as before
+            if _cancel_pending():
+                await checkpoint_if_cancelled()
+            res = lib.aur_inline_stat(inline.c, AT_FDCWD, raw, 0 if follow else 1)
+            if res != 0:
+                res = inline.stat_again(res, raw, follow)
+            if res == 0:
+                st = _stat_result(_unpack_digest(inline.st))
+                await cancel_shielded_checkpoint()
+                return st
+            if res == _RAW:
+                st = stat_from_view(inline.statx)
+                await cancel_shielded_checkpoint()
+                return st
+            if res != _EAGAIN:
+                await cancel_shielded_checkpoint()  # where the STATX's result would have come
+                raise os_error(res, os.fspath(path))
+        return await self._stat_ring(ring, raw, follow, statx)
+
+    async def _stat_ring(self, ring: Ring, raw: bytes, follow: bool, statx: bool) -> os.stat_result:
+        """:meth:`_stat` without the inline attempt: STATX, or ``os.stat`` in a worker thread."""
+        path = self._path
+        if statx:
             op = ring.statx(AT_FDCWD, raw, 0 if follow else AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS)
             res = await wait_operation(op)
             if res < 0:
@@ -171,8 +208,24 @@ class Path(anyio.Path):
         return await ring_stat(ring, AT_FDCWD, fs, 0, fs, follow=follow)  # the thread fallback
 
     async def _test_mode(self, test: Callable[[int], bool], follow: bool = True) -> bool:
+        ring = _ring()
+        statx, _, inline = capabilities(ring)
         try:
-            st = await self._stat(follow)
+            raw = self._raw()
+            if inline is not None:  # as in _stat, without making a stat_result or an OSError
+                if _cancel_pending():
+                    await checkpoint_if_cancelled()
+                res = lib.aur_inline_stat(inline.c, AT_FDCWD, raw, 0 if follow else 1)
+                if res != 0:
+                    res = inline.stat_again(res, raw, follow)
+                if res >= 0:  # 0 or _RAW: the statx is there
+                    [mode] = _STATX_MODE.unpack_from(inline.statx)
+                    await cancel_shielded_checkpoint()
+                    return test(mode)
+                if res != _EAGAIN:  # ENOENT, ENOTDIR: no such file
+                    await cancel_shielded_checkpoint()
+                    return False
+            st = await self._stat_ring(ring, raw, follow, statx)
         except OSError as exc:
             if exc.errno not in _IGNORED_ERRNOS:
                 raise

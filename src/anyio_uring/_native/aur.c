@@ -809,3 +809,209 @@ uint32_t aur_pbuf_entry_len(const aur_pbuf *p, uint32_t index)
     const struct aur_buf *b = (const struct aur_buf *)p->ring + (index & p->mask);
     return LOAD_ACQ(&b->len); /* written by the kernel (io-wq workers too): never a torn read */
 }
+
+/* ======================================================= inline file attempts (hp-files) */
+/* Non-blocking system calls that Python tries before queueing a ring operation; see aur.h.  The
+ * kernel ABI bits are defined here (not from libc headers, which may predate them). */
+
+#include <fcntl.h>
+#include <sys/sysmacros.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#define AUR_NR_statmount 457
+#define AUR_RESOLVE_CACHED 0x20ULL
+#define AUR_AT_EMPTY_PATH 0x1000
+#define AUR_AT_HANDLE_FID 0x200
+#define AUR_AT_HANDLE_MNT_ID_UNIQUE 0x001
+#define AUR_STATX_BASIC_STATS 0x7ffU
+#define AUR_O_TMPFILE_BIT (O_TMPFILE & ~O_DIRECTORY) /* __O_TMPFILE */
+#define AUR_STATMOUNT_SB_BASIC 0x1ULL
+
+struct aur_open_how {
+    uint64_t flags;
+    uint64_t mode;
+    uint64_t resolve;
+};
+
+struct aur_mnt_id_req {
+    uint32_t size;
+    uint32_t spare;
+    uint64_t mnt_id;
+    uint64_t param;
+};
+
+struct aur_statmount_head { /* the fixed start of struct statmount */
+    uint32_t size;
+    uint32_t mnt_opts;
+    uint64_t mask;
+    uint32_t sb_dev_major;
+    uint32_t sb_dev_minor;
+    uint64_t sb_magic;
+    uint32_t sb_flags;
+    uint32_t fs_type;
+    uint64_t rest[128]; /* room for the rest of the fixed part (no strings are asked for) */
+};
+
+struct aur_file_handle {
+    uint32_t handle_bytes;
+    int32_t handle_type;
+    unsigned char f_handle[128]; /* MAX_HANDLE_SZ */
+};
+
+_Static_assert(sizeof(struct aur_open_how) == 24, "open_how layout");
+_Static_assert(sizeof(struct aur_mnt_id_req) == 24, "mnt_id_req layout (MNT_ID_REQ_SIZE_VER0)");
+_Static_assert(offsetof(struct aur_statmount_head, sb_magic) == 24, "statmount layout");
+
+static int inline_openat2(int dirfd, const char *path, uint64_t flags)
+{
+    struct aur_open_how how = {flags, 0, AUR_RESOLVE_CACHED};
+    long fd = syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    return fd < 0 ? -errno : (int)fd;
+}
+
+/* The unique id of fd's mount without calling the file system's getattr (which may block on a
+ * network or cluster file system); 0 if the kernel cannot tell. */
+static uint64_t inline_mount_of(int fd)
+{
+    struct aur_file_handle fh;
+    uint64_t mnt_id = 0;
+    fh.handle_bytes = sizeof(fh.f_handle);
+    long r = syscall(SYS_name_to_handle_at, fd, "", &fh, &mnt_id,
+                     AUR_AT_EMPTY_PATH | AUR_AT_HANDLE_FID | AUR_AT_HANDLE_MNT_ID_UNIQUE);
+    if (r < 0 && errno != EOVERFLOW) /* EOVERFLOW still reports the mount */
+        return 0;
+    return mnt_id;
+}
+
+static int inline_is_local(const aur_fsinline *s, uint64_t mnt_id)
+{
+    uint32_t n = s->nlocal < AUR_INLINE_LOCAL_MAX ? s->nlocal : AUR_INLINE_LOCAL_MAX;
+    for (uint32_t i = 0; mnt_id && i < n; i++)
+        if (s->local[i] == mnt_id)
+            return 1;
+    return 0;
+}
+
+/* statx of fd if its mount is local: 0, AUR_INLINE_UNKNOWN_MOUNT or -errno. */
+static int inline_statx_fd(aur_fsinline *s, int fd)
+{
+    s->mnt_id = inline_mount_of(fd);
+    if (!inline_is_local(s, s->mnt_id))
+        return AUR_INLINE_UNKNOWN_MOUNT;
+    if (syscall(SYS_statx, fd, "", AUR_AT_EMPTY_PATH, AUR_STATX_BASIC_STATS, s->statx) < 0)
+        return -errno;
+    return 0;
+}
+
+/* struct statx (include/uapi/linux/stat.h), the part os.stat_result needs */
+struct aur_statx_ts {
+    int64_t tv_sec;
+    uint32_t tv_nsec;
+    int32_t reserved;
+};
+struct aur_statx {
+    uint32_t mask, blksize;
+    uint64_t attributes;
+    uint32_t nlink, uid, gid;
+    uint16_t mode, spare0;
+    uint64_t ino, size, blocks, attributes_mask;
+    struct aur_statx_ts atime, btime, ctime, mtime;
+    uint32_t rdev_major, rdev_minor, dev_major, dev_minor;
+};
+_Static_assert(offsetof(struct aur_statx, atime) == 64, "statx layout");
+_Static_assert(offsetof(struct aur_statx, dev_minor) == 140, "statx layout");
+
+/* Python's s + ns * 1e-9 on floats: the product is rounded before the sum (no fused
+ * multiply-add, which the compiler may otherwise contract this into). */
+static double inline_float_time(const struct aur_statx_ts *t)
+{
+    volatile double frac = (double)t->tv_nsec * 1e-9;
+    return (double)t->tv_sec + frac;
+}
+
+static int inline_ns_time(const struct aur_statx_ts *t, int64_t *out)
+{
+    int64_t ns;
+    if (__builtin_mul_overflow(t->tv_sec, (int64_t)1000000000, &ns) ||
+        __builtin_add_overflow(ns, (int64_t)t->tv_nsec, out))
+        return -1;
+    return 0;
+}
+
+/* s->statx -> s->st; AUR_INLINE_RAW if a time in ns does not fit int64 (Python decodes it). */
+static int inline_digest(aur_fsinline *s)
+{
+    struct aur_statx sx;
+    aur_statres *o = &s->st;
+    memcpy(&sx, s->statx, sizeof(sx));
+    if (inline_ns_time(&sx.atime, &o->atime_ns) || inline_ns_time(&sx.mtime, &o->mtime_ns) ||
+        inline_ns_time(&sx.ctime, &o->ctime_ns))
+        return AUR_INLINE_RAW;
+    o->mode = sx.mode;
+    o->ino = sx.ino;
+    o->dev = makedev(sx.dev_major, sx.dev_minor);
+    o->nlink = sx.nlink;
+    o->uid = sx.uid;
+    o->gid = sx.gid;
+    o->size = sx.size;
+    o->atime = sx.atime.tv_sec;
+    o->mtime = sx.mtime.tv_sec;
+    o->ctime = sx.ctime.tv_sec;
+    o->atime_f = inline_float_time(&sx.atime);
+    o->mtime_f = inline_float_time(&sx.mtime);
+    o->ctime_f = inline_float_time(&sx.ctime);
+    o->blksize = sx.blksize;
+    o->blocks = sx.blocks;
+    o->rdev = makedev(sx.rdev_major, sx.rdev_minor);
+    return 0;
+}
+
+int aur_inline_stat(aur_fsinline *s, int32_t dirfd, const char *path, uint32_t nofollow)
+{
+    int fd = inline_openat2(dirfd, path, O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0));
+    if (fd < 0)
+        return fd;
+    int ret = inline_statx_fd(s, fd);
+    close(fd); /* an O_PATH fd: no flush, no release */
+    return ret == 0 ? inline_digest(s) : ret;
+}
+
+int aur_inline_open(aur_fsinline *s, int32_t dirfd, const char *path, uint32_t flags)
+{
+    s->found = 0;
+    s->mnt_id = 0;
+    if (flags & (O_CREAT | O_TRUNC | AUR_O_TMPFILE_BIT))
+        return -EAGAIN; /* RESOLVE_CACHED refuses them; io_uring always punts them too */
+    int fd = inline_openat2(dirfd, path, (uint64_t)(flags | O_NONBLOCK));
+    if (fd < 0)
+        return fd;
+    if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, (int)flags) < 0) {
+        close(fd);
+        return -EAGAIN; /* cannot happen; let the ring open it */
+    }
+    if (inline_statx_fd(s, fd) == 0)
+        s->found = 1;
+    return fd;
+}
+
+int aur_inline_fstat(aur_fsinline *s, int32_t fd)
+{
+    return inline_statx_fd(s, fd);
+}
+
+int64_t aur_mount_magic(uint64_t mnt_id)
+{
+    struct aur_mnt_id_req req;
+    struct aur_statmount_head sm;
+    memset(&req, 0, sizeof(req));
+    req.size = sizeof(req);
+    req.mnt_id = mnt_id;
+    req.param = AUR_STATMOUNT_SB_BASIC;
+    if (syscall(AUR_NR_statmount, &req, &sm, sizeof(sm), 0) < 0)
+        return -errno;
+    if (!(sm.mask & AUR_STATMOUNT_SB_BASIC))
+        return -ENODATA;
+    return (int64_t)(sm.sb_magic & 0x7fffffffffffffffULL);
+}

@@ -228,3 +228,46 @@ int64_t aur_pbuf_head(aur_ring *r, aur_pbuf *p);
  * incremental ring (AUR_PBUF_RING_INC) the kernel advances addr/len of the entry it is filling in
  * place and sets len to 0 once the buffer is used up.  UINT32_MAX if `p` is not registered. */
 uint32_t aur_pbuf_entry_len(const aur_pbuf *p, uint32_t index);
+
+/* ---- inline file attempts: non-blocking system calls tried before a ring operation ----
+ * (hp-files) Each is one C call from Python.  "Local" mounts are those whose unique mount id
+ * (STATX_MNT_ID_UNIQUE / statmount) Python has put into `local` after checking the file system
+ * type: their getattr works on the in-memory inode and never blocks.  A stat or fstat runs only
+ * on a local mount (the mount is identified first, with name_to_handle_at, which does not call
+ * getattr); a lookup runs only through the dcache (RESOLVE_CACHED: -EAGAIN instead of I/O). */
+#define AUR_INLINE_LOCAL_MAX 32
+#define AUR_INLINE_UNKNOWN_MOUNT 1
+#define AUR_INLINE_RAW 2
+/* os.stat_result's 19 fields in its order, computed from a statx exactly as _files.py's
+ * stat_from_view does (st_dev/st_rdev with makedev; float times as s + ns * 1e-9, no FMA). */
+typedef struct aur_statres {
+    uint64_t mode, ino, dev, nlink, uid, gid, size;
+    int64_t atime, mtime, ctime;
+    double atime_f, mtime_f, ctime_f;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+    uint64_t blksize, blocks, rdev;
+} aur_statres;
+typedef struct aur_fsinline {
+    uint64_t mnt_id;          /* out: the unique mount id the last attempt saw (0: unknown) */
+    uint32_t nlocal;          /* in: how many entries of local[] are valid */
+    uint32_t found;           /* out (aur_inline_open): 1 if statx[] holds the new fd's statx */
+    uint64_t local[AUR_INLINE_LOCAL_MAX]; /* in: unique ids of mounts known to be local */
+    uint8_t statx[256];       /* out: a struct statx */
+    aur_statres st;           /* out (aur_inline_stat): statx[] as os.stat_result's fields */
+} aur_fsinline;
+/* stat(path) without blocking: openat2(O_PATH [| O_NOFOLLOW], RESOLVE_CACHED), the mount of the
+ * result, and statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS) if that mount is local.  Returns 0
+ * (s->statx and s->st filled), AUR_INLINE_RAW (s->statx filled; a time in ns overflows int64:
+ * s->st is not), AUR_INLINE_UNKNOWN_MOUNT (s->mnt_id names the mount; nothing stat'ed), or
+ * -errno: -EAGAIN when the lookup cannot be made without blocking, else the lookup's error. */
+int aur_inline_stat(aur_fsinline *s, int32_t dirfd, const char *path, uint32_t nofollow);
+/* io_uring's inline OPENAT as a system call: openat2(flags | O_NONBLOCK, RESOLVE_CACHED), then
+ * O_NONBLOCK cleared again (F_SETFL) unless asked for; then, if the fd's mount is local, its
+ * statx into s->statx (s->found = 1).  Returns the new fd, or -errno (-EAGAIN: not without
+ * blocking -- always for O_CREAT, O_TRUNC and O_TMPFILE). */
+int aur_inline_open(aur_fsinline *s, int32_t dirfd, const char *path, uint32_t flags);
+/* statx(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS) if fd's mount is local: 0 (s->statx filled),
+ * AUR_INLINE_UNKNOWN_MOUNT (s->mnt_id set), or -errno. */
+int aur_inline_fstat(aur_fsinline *s, int32_t fd);
+/* The super-block magic of the mount with unique id mnt_id (statmount(2), 6.8+), or -errno. */
+int64_t aur_mount_magic(uint64_t mnt_id);

@@ -45,6 +45,7 @@ FEATURES: Final[dict[str, str]] = {
     "waitid": "IORING_OP_WAITID (fallback: poll a pidfd, then waitpid)",
     "ftruncate": "IORING_OP_FTRUNCATE (fallback: worker thread)",
     "statx": "IORING_OP_STATX (fallback: worker thread)",
+    "inline_fs": "non-blocking inline file attempts before the ring (cached stat/open, RWF_NOWAIT reads)",
 }
 
 #: Opcode numbers (kernel ABI) of the operations anyio_uring uses, by name.
