@@ -513,18 +513,19 @@ class Runner:
         completions of I/O, timers-by-CQE, worker threads and other threads' calls.
         """
         io = self.io
-        native = self.ring._c  # the C ring: its counters are plain reads
+        ring = self.ring
         clock = self.clock
         g = GLOBAL
         checkpoint_trap = CHECKPOINT_TRAP
         harvest_every = HARVEST_EVERY
         inf = math.inf
         spare: deque[Task] = deque()
-        # Task steps run since the last harvest; the ring's queue mark -- the C core's count of
-        # SQEs written (``aur_ring.sq_written``: operations and internal cancels alike) -- at the
-        # last harvest and at the one before.  A harvest that submitted something is followed by one more at
-        # the next tick: the kernel finishes some work it was just given in task work that the
-        # submitting enter does not run (a poll armed on a ready fd, a quick io-wq job).
+        # Task steps run since the last harvest; the ring's queue mark (``Ring._queue_mark``, a
+        # plain attribute set to the user_data of every SQE queued -- operations and internal
+        # cancels alike, never the same value twice) at the last harvest and at the one before.
+        # A harvest that submitted something is followed by one more at the next tick: the
+        # kernel finishes some work it was just given in task work that the submitting enter
+        # does not run (a poll armed on a ready fd, a quick io-wq job).
         steps = 0
         mark = prev_mark = -1
         tasks = self.tasks
@@ -579,8 +580,8 @@ class Runner:
             if self.runq:
                 # Runnable tasks: poll the ring (timeout 0) only if it has work from us or
                 # the fairness budget is spent.
-                if native.sq_written != mark or mark != prev_mark or steps >= harvest_every:
-                    prev_mark, mark = mark, native.sq_written
+                if ring._queue_mark != mark or mark != prev_mark or steps >= harvest_every:
+                    prev_mark, mark = mark, ring._queue_mark
                     steps = 0
                     io.get_events(0.0)
                 if self.ki_pending:
@@ -603,7 +604,7 @@ class Runner:
                 wake_idle, t = True, idle_cushion
             elif autojump < t:
                 do_jump, t = True, autojump
-            prev_mark = mark = native.sq_written  # a blocking wait also runs the kernel's task work
+            prev_mark = mark = ring._queue_mark  # a blocking wait also runs the kernel's task work
             steps = 0
             events = io.get_events(None if t == inf else t)
             if self.ki_pending:
