@@ -469,12 +469,26 @@ async def test_getaddrinfo_and_getnameinfo() -> None:
     assert (host, port) == ("127.0.0.1", "80")
 
 
-async def test_sockets_are_not_supported_yet() -> None:
-    message = r"sockets are not yet supported on the anyio 'uring' backend \(anyio_uring "
-    with pytest.RaisesGroup(pytest.RaisesExc(NotImplementedError, match=message), flatten_subgroups=True):
-        await anyio.connect_tcp("127.0.0.1", 9)
-    with pytest.raises(NotImplementedError, match="sockets are not yet supported"):
-        await anyio.create_udp_socket(local_host="127.0.0.1")
+async def test_connect_tcp_refused_is_an_oserror() -> None:
+    """anyio's happy eyeballs needs a failed connect to be an OSError (here: refused)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(OSError, match="All connection attempts failed") as info:
+            await anyio.connect_tcp("127.0.0.1", port)
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
+
+async def test_udp_round_trip() -> None:
+    async with await anyio.create_udp_socket(local_host="127.0.0.1") as a:
+        async with await anyio.create_connected_udp_socket(
+            "127.0.0.1", a.extra(anyio.abc.SocketAttribute.local_port), local_host="127.0.0.1"
+        ) as b:
+            await b.send(b"ping")
+            data, addr = await a.receive()
+            assert data == b"ping"
+            await a.sendto(b"pong", *addr)
+            assert await b.receive() == b"pong"
 
 
 # ------------------------------------------------------------------------------------------

@@ -27,6 +27,14 @@ element of an ``anyio_backend`` pytest fixture value):
 ``debug``
     ``True`` records where each coroutine was created, so "coroutine ... was never awaited"
     warnings name the line that forgot the ``await``.
+``socket_receive``
+    How socket streams receive: ``"auto"`` (default: ``"select"`` where the kernel has
+    provided-buffer rings, else ``"poll"``), ``"select"`` (kernel-picked buffers from the loop's
+    pool: an idle connection pins no memory), ``"poll"`` (poll, then a non-blocking recv) or
+    ``"owned"`` (a receive into the stream's own 64 KiB buffer).  See ``anyio_uring._net._pool``.
+``receive_pool_limit``
+    The most bytes the loop's receive-buffer pool may grow to (default 64 MiB); receives the
+    full pool cannot serve poll instead (the data waits in the socket).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -78,6 +87,7 @@ if TYPE_CHECKING:
 
     PosArgsT = TypeVarTuple("PosArgsT")
 
+from . import _net
 from ._anyio._fds import notify_closing, wait_fd
 from ._anyio._options import RunSettings, callable_name, coroutine_function
 from ._anyio._processes import shutdown_process_pool
@@ -85,7 +95,6 @@ from ._anyio._sync import CapacityLimiter, Event, Lock, Semaphore, default_threa
 from ._anyio._tasks import CancelScope, TaskGroup, UringTaskInfo
 from ._anyio._testing import TestRunner
 from ._anyio._threads import is_finished, runner_from_token
-from ._version import __version__
 
 __all__ = ["BACKEND_NAME", "CancelScope", "TaskGroup", "UringBackend", "backend_class"]
 
@@ -101,14 +110,6 @@ StrOrBytesPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 # ------------------------------------------------------------------------------------------
 # the backend
 # ------------------------------------------------------------------------------------------
-
-
-def _no_sockets(what: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"sockets are not yet supported on the anyio 'uring' backend (anyio_uring {__version__}); "
-        f"{what} will be available in a later release. Run networking code on the 'asyncio' or "
-        "'trio' backend until then."
-    )
 
 
 class UringBackend(anyio.abc.AsyncBackend):
@@ -398,25 +399,25 @@ class UringBackend(anyio.abc.AsyncBackend):
     def create_test_runner(cls, options: dict[str, Any]) -> anyio.abc.TestRunner:
         return TestRunner(**options)
 
-    # -- sockets (a later release) -----------------------------------------------------------
+    # -- sockets ------------------------------------------------------------------------------
 
     @classmethod
     async def connect_tcp(
         cls, host: str, port: int, local_address: IPSockAddrType | None = None
     ) -> anyio.abc.SocketStream:
-        raise _no_sockets("connect_tcp()")
+        return await _net.connect_tcp(host, port, local_address)
 
     @classmethod
     async def connect_unix(cls, path: str | bytes, kind: Any = None) -> anyio.abc.UNIXSocketStream:
-        raise _no_sockets("connect_unix()")
+        return await _net.connect_unix(path, socket.SOCK_STREAM if kind is None else kind)
 
     @classmethod
     def create_tcp_listener(cls, sock: Socket) -> anyio.abc.SocketListener:
-        raise _no_sockets("TCP listeners")
+        return _net.listener(sock)
 
     @classmethod
     def create_unix_listener(cls, sock: Socket) -> anyio.abc.SocketListener:
-        raise _no_sockets("UNIX listeners")
+        return _net.listener(sock)
 
     @classmethod
     async def create_udp_socket(
@@ -426,41 +427,41 @@ class UringBackend(anyio.abc.AsyncBackend):
         remote_address: IPSockAddrType | None,
         reuse_port: bool,
     ) -> anyio.abc.UDPSocket | anyio.abc.ConnectedUDPSocket:
-        raise _no_sockets("UDP sockets")
+        return await _net.create_udp_socket(family, local_address, remote_address, reuse_port)
 
     @classmethod
     async def create_unix_datagram_socket(  # type: ignore[override]
         cls, raw_socket: Socket, remote_path: str | bytes | None
     ) -> anyio.abc.UNIXDatagramSocket | anyio.abc.ConnectedUNIXDatagramSocket:
-        raise _no_sockets("UNIX datagram sockets")
+        return await _net.create_unix_datagram_socket(raw_socket, remote_path)
 
     @classmethod
     async def wrap_listener_socket(cls, sock: Socket) -> anyio.abc.SocketListener:
-        raise _no_sockets("wrap_listener_socket()")
+        return _net.listener(sock)
 
     @classmethod
     async def wrap_stream_socket(cls, sock: Socket) -> anyio.abc.SocketStream:
-        raise _no_sockets("wrap_stream_socket()")
+        return _net.SocketStream(sock)
 
     @classmethod
     async def wrap_unix_stream_socket(cls, sock: Socket) -> anyio.abc.UNIXSocketStream:
-        raise _no_sockets("wrap_unix_stream_socket()")
+        return _net.UNIXSocketStream(sock)
 
     @classmethod
     async def wrap_udp_socket(cls, sock: Socket) -> anyio.abc.UDPSocket:
-        raise _no_sockets("wrap_udp_socket()")
+        return _net.UDPSocket(sock)
 
     @classmethod
     async def wrap_connected_udp_socket(cls, sock: Socket) -> anyio.abc.ConnectedUDPSocket:
-        raise _no_sockets("wrap_connected_udp_socket()")
+        return _net.ConnectedUDPSocket(sock)
 
     @classmethod
     async def wrap_unix_datagram_socket(cls, sock: Socket) -> anyio.abc.UNIXDatagramSocket:
-        raise _no_sockets("wrap_unix_datagram_socket()")
+        return _net.UNIXDatagramSocket(sock)
 
     @classmethod
     async def wrap_connected_unix_datagram_socket(cls, sock: Socket) -> anyio.abc.ConnectedUNIXDatagramSocket:
-        raise _no_sockets("wrap_connected_unix_datagram_socket()")
+        return _net.ConnectedUNIXDatagramSocket(sock)
 
 
 #: What anyio looks for in ``anyio._backends._<name>`` (see ``_anyio_uring_hook``).

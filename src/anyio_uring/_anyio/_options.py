@@ -11,10 +11,13 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._core import Clock, Runner
+from .._net import NetConfig
+from .._net import configure as configure_net
+from .._net._pool import DEFAULT_POOL_LIMIT
 from .._ring import RingOptions
 
 if TYPE_CHECKING:
@@ -32,7 +35,15 @@ def callable_name(func: object, override: object = None) -> str:
     return ".".join(part for part in parts if isinstance(part, str) and part)
 
 
-OPTIONS = ("clock", "ring_options", "disable", "install_signal_handlers", "debug")
+OPTIONS = (
+    "clock",
+    "ring_options",
+    "disable",
+    "install_signal_handlers",
+    "debug",
+    "socket_receive",
+    "receive_pool_limit",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +54,7 @@ class RunSettings:
     ring_options: RingOptions | None = None
     install_signal_handlers: bool = True
     debug: bool = False
+    net: NetConfig = field(default_factory=NetConfig)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> RunSettings:
@@ -79,14 +91,20 @@ class RunSettings:
         for name, value in (("install_signal_handlers", install), ("debug", debug)):
             if not isinstance(value, bool):
                 raise TypeError(f"backend option {name!r} must be a bool, not {value!r}")
-        return cls(cast("Clock | None", clock), ring_options, install, debug)
+        net = NetConfig(
+            options.get("socket_receive", "auto"),
+            options.get("receive_pool_limit", DEFAULT_POOL_LIMIT),
+        )
+        return cls(cast("Clock | None", clock), ring_options, install, debug, net)
 
     def new_runner(self) -> Runner:
-        return Runner(
+        runner = Runner(
             clock=self.clock,
             ring_options=self.ring_options,
             install_signal_handlers=self.install_signal_handlers,
         )
+        configure_net(runner, self.net)
+        return runner
 
     @contextmanager
     def debugging(self) -> Iterator[None]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -33,7 +34,15 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from .._errors import UringInternalError
 from ._context import GLOBAL, Cancelled, current_task
-from ._traps import FAILED, SUCCEEDED, Abort, RaiseCancel, cancel_shielded_checkpoint, wait_task_rescheduled
+from ._traps import (
+    FAILED,
+    SUCCEEDED,
+    Abort,
+    RaiseCancel,
+    cancel_shielded_checkpoint,
+    checkpoint,
+    wait_task_rescheduled,
+)
 
 if TYPE_CHECKING:
     from typing import Self
@@ -50,6 +59,7 @@ __all__ = [
     "CancelStatus",
     "Cancelled",
     "InFlight",
+    "MultishotFeed",
     "current_effective_deadline",
     "fail_after",
     "fail_at",
@@ -792,3 +802,132 @@ class InFlight:
             return FAILED  # shielded: the operations' final CQEs end this wait
 
         await wait_task_rescheduled(abort)
+
+
+class MultishotFeed:
+    """The results of a multishot operation that a resource owns (a listener's multishot
+    ``ACCEPT``), handed to tasks one at a time -- the runtime side of DESIGN.md section 5's
+    "multishot operations are owned by an object, not by a task".
+
+    Every CQE with ``F_MORE`` appends its result to a queue; :meth:`get` takes the oldest (after a
+    checkpoint, so a cancelled ``get`` leaves it for the next one) or parks until one arrives.  A
+    cancelled ``get`` merely stops waiting: the operation stays armed and whatever it produces
+    waits in the queue, so nothing is lost.  The final CQE (no ``F_MORE``) ends the operation:
+    an error in it is reported once by the next :meth:`get`, and the one after re-arms (a
+    listener keeps serving after ``EMFILE``).  When ``limit`` results wait untaken, the
+    operation is cancelled (back-pressure: the kernel's queue holds the rest) and re-armed by the
+    next :meth:`get` that finds the queue empty.
+
+    :meth:`close` ends the operation, waits -- shielded -- for its final CQE and passes every
+    untaken result to ``dispose`` (e.g. ``os.close`` for accepted fds); so does garbage
+    collection of a feed whose operation is over.
+    """
+
+    __slots__ = ("_closers", "_dispose", "_error", "_items", "_limit", "_op", "_waiter", "closing")
+
+    def __init__(self, dispose: Callable[[int], object], limit: int = 64) -> None:
+        self._items: deque[int] = deque()
+        self._op: Operation | None = None
+        self._error: int | None = None
+        self._waiter: Task | None = None
+        self._closers: list[Task] = []
+        self._dispose = dispose
+        self._limit = limit
+        #: True from :meth:`close` on.
+        self.closing = False
+
+    @property
+    def armed(self) -> bool:
+        """An operation is in flight (until its final CQE)."""
+        return self._op is not None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _more(self, op: Operation, res: int, flags: int) -> None:
+        self._items.append(res)
+        if len(self._items) >= self._limit and not self.closing:
+            op.ring.cancel(op)  # nobody takes them: let the kernel's queue hold the rest (once)
+        self._wake()
+
+    def _done(self, op: Operation) -> None:
+        self._op = None
+        res = op.result
+        assert res is not None
+        if res >= 0:
+            self._items.append(res)  # a final CQE may carry a result too
+        elif res not in CANCELLED_RESULTS:
+            self._error = res
+        self._wake()
+        for closer in self._closers:
+            closer._runner.reschedule(closer)
+        self._closers.clear()
+
+    def _wake(self) -> None:
+        task = self._waiter
+        if task is not None:
+            self._waiter = None
+            task._runner.reschedule(task)
+
+    async def get(self, arm: Callable[[], Operation]) -> int:
+        """The next result (``>= 0``, or the ``-errno`` that ended the operation), arming the
+        operation with ``arm()`` when none is in flight; ``-ECANCELED`` once :meth:`close` was
+        called.  A schedule point and a cancel point; one task at a time."""
+        if self._waiter is not None:
+            raise RuntimeError("another task is already waiting on this multishot operation")
+        while True:
+            if self.closing:
+                await checkpoint()
+                return -errno.ECANCELED
+            if self._items or self._error is not None:
+                await checkpoint()  # a cancellation here leaves the result queued
+                if self._items:
+                    return self._items.popleft()
+                if self._error is not None:
+                    res, self._error = self._error, None
+                    return res
+                continue
+            if self._op is None:
+                op = arm()
+                op.on_more = self._more
+                op.callback = self._done
+                self._op = op
+            task = GLOBAL.task
+            if task is None:
+                task = current_task()  # raises
+            self._waiter = task
+
+            def abort(_: RaiseCancel) -> Abort:
+                self._waiter = None
+                return SUCCEEDED  # the operation stays armed; its results stay queued
+
+            await wait_task_rescheduled(abort)
+
+    async def close(self) -> None:
+        """End the operation, wait (shielded) for its final CQE, dispose of untaken results."""
+        self.closing = True
+        self._wake()
+        op = self._op
+        if op is not None:
+            end_operation(op)
+        if self._op is not None:
+            task = current_task()
+            self._closers.append(task)
+
+            def abort(_: RaiseCancel) -> Abort:
+                return FAILED  # shielded: the final CQE ends this wait
+
+            await wait_task_rescheduled(abort)
+        self._dispose_all()
+
+    def _dispose_all(self) -> None:
+        items = self._items
+        while items:
+            try:
+                self._dispose(items.popleft())
+            except OSError:
+                pass
+
+    def __del__(self) -> None:
+        if self._items and self._op is None:
+            self._dispose_all()

@@ -81,9 +81,22 @@ class ProvidedBufferRing:
     ``incremental_buffers`` feature is masked.
     """
 
-    def __init__(self, ring: Ring, bgid: int, count: int, size: int, *, incremental: bool = False) -> None:
-        if not 1 <= count <= 32768 or count & (count - 1):
-            raise ValueError(f"count must be a power of two in 1..32768, got {count}")
+    def __init__(
+        self,
+        ring: Ring,
+        bgid: int,
+        count: int,
+        size: int,
+        *,
+        incremental: bool = False,
+        capacity: int | None = None,
+    ) -> None:
+        if capacity is None:
+            capacity = count
+        if not 1 <= capacity <= 32768 or capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two in 1..32768, got {capacity}")
+        if not 1 <= count <= capacity:
+            raise ValueError(f"count must be in 1..capacity ({capacity}), got {count}")
         if not 1 <= size <= 1 << 24:
             raise ValueError(f"size must be in 1..16 MiB, got {size}")
         if not 0 <= bgid <= 65534:
@@ -97,32 +110,37 @@ class ProvidedBufferRing:
             raise _incremental_unavailable(why)
         self.ring = ring
         self.bgid = bgid
-        self.count = count
+        #: Buffers in the group so far (it grows with :meth:`grow`, up to ``capacity``).
+        self.count = 0
+        #: Ring entries: the most buffers the group can ever hold.
+        self.capacity = capacity
         self.size = size
         self.incremental = incremental
         #: Buffers handed back to the kernel after use (not counting the initial fill).
         self.recycled = 0
         self._pbuf: Any = ffi.new("aur_pbuf *")
-        self._mem: Any = ffi.new("char[]", count * size)
+        # The memory: one chunk per fill (the initial one and each grow()), and each buffer's
+        # address, by buffer id.
+        self._chunks: list[Any] = []
+        self._addrs: list[Any] = []
         # Invariant: _lent[bid] == 1 exactly while buffer bid is published in the ring and the
         # kernel has not reported it used up; only then may a completion name it.
-        self._lent = bytearray(b"\x01" * count)
+        self._lent = bytearray()
         # Incremental rings only: bytes the kernel has put into each buffer since it was
         # published, the ring position of its entry, and the reaped pieces not yet consumed.
-        self._filled = [0] * count if incremental else []
-        self._slot = list(range(count)) if incremental else []
+        self._filled: list[int] = []
+        self._slot: list[int] = []
         self._pieces: dict[int, deque[tuple[int, int]]] = {}
         try:
-            ring._register_buffer_ring(bgid, self._pbuf, count, lib.AUR_PBUF_RING_INC if incremental else 0)
+            flags = lib.AUR_PBUF_RING_INC if incremental else 0
+            ring._register_buffer_ring(bgid, self._pbuf, capacity, flags)
         except OSError as exc:
             if incremental and exc.errno == errno.EINVAL:
                 raise _incremental_unavailable("the kernel rejected IOU_PBUF_RING_INC (EINVAL)") from exc
             raise
         ring._buffer_rings[bgid] = self
-        for bid in range(count):
-            lib.aur_pbuf_add(self._pbuf, self._mem + bid * size, size, bid, bid)
-        lib.aur_pbuf_advance(self._pbuf, count)
         self._closed = False
+        self.grow(count)
 
     def __repr__(self) -> str:
         kind = "incremental " if self.incremental else ""
@@ -144,7 +162,7 @@ class ProvidedBufferRing:
     def view(self, bid: int, length: int) -> memoryview:
         """A view of the first ``length`` bytes of buffer ``bid`` (valid until recycled)."""
         self._check_bid(bid, length)
-        return memoryview(ffi.buffer(self._mem + bid * self.size, length))
+        return memoryview(ffi.buffer(self._addrs[bid], length))
 
     def take(self, res: int, flags: int) -> bytes:
         """Copy out the ``res`` bytes a completion put into its buffer and consume them.
@@ -159,11 +177,11 @@ class ProvidedBufferRing:
         if not self.incremental:
             if self._lent[bid]:
                 raise RuntimeError(f"buffer {bid} of group {self.bgid} is not held: was it taken twice?")
-            data = bytes(ffi.buffer(self._mem + bid * self.size, res))
+            data = bytes(ffi.buffer(self._addrs[bid], res))
             self._give_back(bid)
             return data
         offset = self._consume(bid, res)
-        data = bytes(ffi.buffer(self._mem + bid * self.size + offset, res))
+        data = bytes(ffi.buffer(self._addrs[bid] + offset, res))
         self._release_if_done(bid)
         return data
 
@@ -181,6 +199,30 @@ class ProvidedBufferRing:
             return
         self._consume(bid, None)
         self._release_if_done(bid)
+
+    def grow(self, count: int) -> int:
+        """Add up to ``count`` new buffers (new memory) to the group, never beyond ``capacity``;
+        the kernel may select them at once.  Returns how many were added."""
+        if self._closed:
+            raise RuntimeError(f"buffer group {self.bgid} is closed")
+        count = min(count, self.capacity - self.count)
+        if count <= 0:
+            return 0
+        chunk = ffi.new("char[]", count * self.size)
+        self._chunks.append(chunk)
+        first = self.count
+        tail = self._pbuf.tail
+        for i in range(count):
+            addr = chunk + i * self.size
+            self._addrs.append(addr)
+            lib.aur_pbuf_add(self._pbuf, addr, self.size, first + i, i)
+        self._lent.extend(b"\x01" * count)
+        if self.incremental:
+            self._filled.extend([0] * count)
+            self._slot.extend(range(tail, tail + count))
+        lib.aur_pbuf_advance(self._pbuf, count)
+        self.count = first + count
+        return count
 
     def kernel_head(self) -> int:
         """How many buffers the kernel has consumed so far (IORING_REGISTER_PBUF_STATUS)."""
@@ -267,7 +309,7 @@ class ProvidedBufferRing:
         """Publish buffer ``bid`` again: a fresh entry with its whole address and length."""
         self._lent[bid] = 1
         self.recycled += 1
-        _pbuf_recycle(self._pbuf, self._mem + bid * self.size, self.size, bid)
+        _pbuf_recycle(self._pbuf, self._addrs[bid], self.size, bid)
 
     def _check_bid(self, bid: int, length: int) -> None:
         if self._closed:

@@ -1,0 +1,213 @@
+"""The receive memory of one loop: how socket streams receive, and the provided-buffer pool.
+
+The design note's core idea (DESIGN.md section 6): a ``receive()`` waiting on an idle connection
+pins no memory.  Stream receives therefore select their buffer from a kernel-provided buffer ring
+(``IOSQE_BUFFER_SELECT``) only when data arrives; the stream copies out exactly ``res`` bytes and
+the buffer goes back to the ring at once.
+
+* **Size classes** (:data:`SIZE_CLASSES`): one buffer group per class, registered lazily, the
+  first time a receive of that class runs.  Each stream picks its class adaptively
+  (:class:`Sizer`, after Netty's ``AdaptiveRecvByteBufAllocator``): it starts at 4 KiB, grows one
+  class after a receive that filled its buffer, and shrinks one class after two receives in a row
+  that would have fitted the class below.  A receive never uses a class larger than needed for
+  its ``max_bytes``.
+* **Lazy growth**: a group starts small and grows (doubling, new memory added to the same ring)
+  when a receive finds it empty (``-ENOBUFS``), as long as the pool stays under its memory
+  limit (``receive_pool_limit``, default 64 MiB).  ``-ENOBUFS`` is back-pressure, never the end of
+  a stream: the data stays in the socket, and a receive the pool cannot serve falls back to
+  poll-then-recv for that one call.
+* **Strategies** (backend option ``socket_receive``): ``"select"`` as above (the default where
+  the kernel has provided-buffer rings); ``"poll"``, Netty's poll-then-recv (``POLL_ADD``, then a
+  non-blocking ``recv`` into fresh memory: idle connections pin nothing either; the default where
+  buffer rings are missing or masked with ``disable="buffer_rings"``); ``"owned"``, a ``RECV``
+  into a per-stream buffer (pins that buffer while a receive waits; the simplest path).
+
+Multishot receives are not used: a multishot receive keeps taking buffers while its consumer does
+not read, so one slow consumer can drain the pool for everyone (DESIGN.md section 6); single-shot
+receives take a buffer only for a reader that is waiting, which bounds each stream to one buffer.
+"""
+
+from __future__ import annotations
+
+import errno
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from .._ring import ProvidedBufferRing
+
+if TYPE_CHECKING:
+    from .._core import Runner
+    from .._ring import Ring
+
+__all__ = [
+    "RECEIVE_STRATEGIES",
+    "SIZE_CLASSES",
+    "NetConfig",
+    "ReceivePool",
+    "Sizer",
+    "net_state",
+]
+
+#: Buffer sizes of the pool's groups, smallest first.
+SIZE_CLASSES: Final = (1024, 4096, 16384, 65536)
+#: The class a new stream starts with (4 KiB).
+_START_CLASS: Final = 1
+#: Bytes each group starts with when it is first used (at least 8 buffers).
+_INITIAL_BYTES: Final = 256 * 1024
+#: Ring entries of a group at most (the kernel allows 32768).
+_MAX_ENTRIES: Final = 4096
+#: First buffer group id the pool uses (ids below are free for other users of the ring).
+_BGID_BASE: Final = 0x7F00
+#: Default memory limit of one loop's pool.
+DEFAULT_POOL_LIMIT: Final = 64 * 1024 * 1024
+
+RECEIVE_STRATEGIES: Final = ("auto", "select", "poll", "owned")
+
+
+@dataclass(frozen=True, slots=True)
+class NetConfig:
+    """Socket settings of one loop (backend options ``socket_receive`` and
+    ``receive_pool_limit``)."""
+
+    receive: str = "auto"
+    pool_limit: int = DEFAULT_POOL_LIMIT
+
+    def __post_init__(self) -> None:
+        if self.receive not in RECEIVE_STRATEGIES:
+            raise ValueError(
+                f"socket_receive must be one of {', '.join(map(repr, RECEIVE_STRATEGIES))}, "
+                f"not {self.receive!r}"
+            )
+        if (
+            not isinstance(self.pool_limit, int)
+            or isinstance(self.pool_limit, bool)
+            or not SIZE_CLASSES[-1] * 8 <= self.pool_limit <= 1 << 40
+        ):
+            raise ValueError(
+                f"receive_pool_limit must be an int of at least {SIZE_CLASSES[-1] * 8} bytes, "
+                f"got {self.pool_limit!r}"
+            )
+
+
+class Sizer:
+    """Netty-style adaptive choice of a stream's receive size class."""
+
+    __slots__ = ("index", "small")
+
+    def __init__(self) -> None:
+        self.index = _START_CLASS
+        self.small = 0
+
+    def pick(self, max_bytes: int) -> int:
+        """The class index for a receive of at most ``max_bytes``."""
+        index = self.index
+        while index and SIZE_CLASSES[index - 1] >= max_bytes:
+            index -= 1
+        return index
+
+    def record(self, index: int, nbytes: int) -> None:
+        """A receive of class ``index`` returned ``nbytes``."""
+        if nbytes >= SIZE_CLASSES[index]:
+            self.small = 0
+            if index >= self.index and self.index < len(SIZE_CLASSES) - 1:
+                self.index += 1
+        elif self.index and nbytes <= SIZE_CLASSES[self.index - 1]:
+            self.small += 1
+            if self.small >= 2:
+                self.small = 0
+                self.index -= 1
+        else:
+            self.small = 0
+
+
+class ReceivePool:
+    """One loop's provided-buffer groups, one per size class, grown lazily under a limit."""
+
+    def __init__(self, ring: Ring, limit: int = DEFAULT_POOL_LIMIT) -> None:
+        self.ring = ring
+        self.limit = limit
+        self._groups: list[ProvidedBufferRing | None] = [None] * len(SIZE_CLASSES)
+        #: Times a group grew, and receives the pool could not serve (they polled instead).
+        self.grows = 0
+        self.exhausted = 0
+        #: False once registering a group failed: receives then poll.
+        self.usable = True
+
+    @property
+    def nbytes(self) -> int:
+        """Buffer memory the pool holds (all groups)."""
+        return sum(g.nbytes for g in self._groups if g is not None)
+
+    def group(self, index: int) -> ProvidedBufferRing | None:
+        """The group of class ``index``, registered on first use (``None``: unusable)."""
+        group = self._groups[index]
+        if group is not None:
+            return group
+        if not self.usable:
+            return None
+        size = SIZE_CLASSES[index]
+        capacity = min(_MAX_ENTRIES, _pow2_floor(self.limit // size))
+        count = min(capacity, max(8, _INITIAL_BYTES // size))
+        if self.nbytes + count * size > self.limit:
+            count = max(1, (self.limit - self.nbytes) // size)
+            if self.nbytes + count * size > self.limit:
+                return None
+        try:
+            group = ProvidedBufferRing(self.ring, _BGID_BASE + index, count, size, capacity=capacity)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOMEM, errno.EINVAL, errno.EOPNOTSUPP, errno.EEXIST):
+                raise
+            self.usable = False
+            return None
+        self._groups[index] = group
+        return group
+
+    def grow(self, group: ProvidedBufferRing) -> bool:
+        """``group`` ran dry (``-ENOBUFS``): add as many buffers as it has, within the limit.
+        False if it cannot grow (the caller then receives another way)."""
+        room = (self.limit - self.nbytes) // group.size
+        added = group.grow(min(group.count, room)) if room > 0 and not group.closed else 0
+        if added:
+            self.grows += 1
+            return True
+        self.exhausted += 1
+        return False
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+class NetState:
+    """Per loop: the socket settings, the resolved receive strategy and the pool."""
+
+    __slots__ = ("__weakref__", "config", "pool", "strategy")
+
+    def __init__(self, ring: Ring, config: NetConfig) -> None:
+        self.config = config
+        strategy = config.receive
+        if strategy == "auto":
+            strategy = "select" if ring.support.buffer_rings else "poll"
+        elif strategy == "select" and not ring.support.buffer_rings:
+            strategy = "poll"  # masked or missing: the documented fallback
+        self.strategy = strategy
+        self.pool = ReceivePool(ring, config.pool_limit)
+
+
+_configs: weakref.WeakKeyDictionary[Runner, NetConfig] = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary[Runner, NetState] = weakref.WeakKeyDictionary()
+
+
+def configure(runner: Runner, config: NetConfig) -> None:
+    """Set ``runner``'s socket settings (before its first socket)."""
+    _configs[runner] = config
+    _states.pop(runner, None)
+
+
+def net_state(runner: Runner) -> NetState:
+    """``runner``'s socket state, made on first use."""
+    state = _states.get(runner)
+    if state is None:
+        state = _states[runner] = NetState(runner.ring, _configs.get(runner, NetConfig()))
+    return state

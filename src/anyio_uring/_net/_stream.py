@@ -1,0 +1,272 @@
+"""Socket streams (TCP and UNIX): ``receive`` by the loop's receive strategy (see ``_pool``),
+``send`` of everything, ``send_eof``, and SCM_RIGHTS on UNIX streams."""
+
+from __future__ import annotations
+
+import array
+import errno
+import os
+import select
+import socket
+import struct
+from collections.abc import Collection
+from io import IOBase
+from typing import Final
+
+import anyio
+import anyio.abc
+
+from .._core import checkpoint, current_runner
+from .._native import lib
+from .._ring import MsgHdr
+from ._pool import Sizer, net_state
+from ._socket import RingSocket, broken
+
+__all__ = ["SocketStream", "UNIXSocketStream"]
+
+_F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
+_BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
+_ENOBUFS: Final = -errno.ENOBUFS
+_SEND_FLAGS: Final = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
+_POLLIN: Final = select.POLLIN
+_OWNED_SIZE: Final = 65536
+_SELECT: Final = "select"
+_POLL: Final = "poll"
+_CMSG_HDR: Final = struct.Struct("=Qii")  # struct cmsghdr on LP64 Linux: len, level, type
+_CMSG_ALIGN: Final = 8
+
+
+def _cmsg_space(n: int) -> int:
+    return _CMSG_HDR.size + (n + _CMSG_ALIGN - 1) // _CMSG_ALIGN * _CMSG_ALIGN
+
+
+def _byte_view(item: object) -> memoryview:
+    view = memoryview(item)  # type: ignore[arg-type]  # raises TypeError for non-buffers
+    if view.itemsize != 1 or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+class SocketStream(RingSocket, anyio.abc.SocketStream):
+    """A connected stream socket (TCP, or the base of :class:`UNIXSocketStream`)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock)
+        state = net_state(current_runner())
+        self._strategy = state.strategy
+        self._pool = state.pool
+        self._sizer = Sizer()
+        self._receiving = False
+        self._sending = False
+        self._owned: bytearray | None = None
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if self._receiving:
+            raise anyio.BusyResourceError("reading from")
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError("max_bytes must be a positive integer")
+        self._check()
+        self._receiving = True
+        try:
+            if self._strategy is _SELECT:
+                data = await self._receive_select(max_bytes)
+            elif self._strategy is _POLL:
+                data = await self._receive_poll(max_bytes)
+            else:
+                data = await self._receive_owned(max_bytes)
+        finally:
+            self._receiving = False
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+    async def _receive_select(self, max_bytes: int) -> bytes:
+        """RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only when data arrives."""
+        sizer = self._sizer
+        index = sizer.pick(max_bytes)
+        while True:
+            group = self._pool.group(index)
+            if group is None:
+                return await self._receive_poll(max_bytes)
+            op = self._ring.recv_select(self._fd, group, max_bytes if max_bytes < group.size else 0)
+            try:
+                res = await self._inflight.wait(op)
+            except BaseException:
+                if op.cqe_flags is not None and op.cqe_flags & _F_BUFFER:
+                    group.recycle(op.cqe_flags >> _BUFFER_SHIFT)  # a cancelled receive with a buffer
+                raise
+            flags = op.cqe_flags or 0
+            data = b""
+            if flags & _F_BUFFER:
+                if res >= 0:
+                    data = group.take(res, flags)
+                else:
+                    group.recycle(flags >> _BUFFER_SHIFT)
+            if self._inflight.closing:
+                raise anyio.ClosedResourceError
+            if res > 0:
+                sizer.record(index, res)
+                return data
+            if res == 0:
+                return b""
+            if res != _ENOBUFS:
+                broken(res)
+            # Back-pressure, not the end: the data waits in the socket.  Grow the group, or
+            # receive this once another way.
+            if not self._pool.grow(group):
+                return await self._receive_poll(max_bytes)
+            self._check()
+
+    async def _receive_poll(self, max_bytes: int) -> bytes:
+        """Netty's poll-then-recv: POLL_ADD, then a non-blocking recv into fresh memory."""
+        while True:
+            res = await self._inflight.wait(self._ring.poll_add(self._fd, _POLLIN))
+            if self._inflight.closing:
+                raise anyio.ClosedResourceError
+            if res < 0:
+                broken(res)
+            try:
+                return self._sock.recv(max_bytes)
+            except BlockingIOError:
+                continue  # woken without data (another reader of the fd took it)
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+
+    async def _receive_owned(self, max_bytes: int) -> bytes:
+        """RECV into this stream's own buffer (pinned while the receive waits)."""
+        buf = self._owned
+        if buf is None:
+            buf = self._owned = bytearray(_OWNED_SIZE)
+        view = memoryview(buf)
+        try:
+            res = await self._inflight.wait(self._ring.recv(self._fd, view[: min(max_bytes, _OWNED_SIZE)]))
+            if self._inflight.closing:
+                raise anyio.ClosedResourceError
+            if res < 0:
+                broken(res)
+            return bytes(view[:res])
+        finally:
+            view.release()
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send(self, item: bytes) -> None:
+        if self._sending:
+            raise anyio.BusyResourceError("writing to")
+        self._check()
+        view = _byte_view(item)
+        self._sending = True
+        try:
+            if not view:
+                await checkpoint()
+                return
+            while True:
+                res = await self._inflight.wait(self._ring.send(self._fd, view, _SEND_FLAGS))
+                if self._inflight.closing:
+                    raise anyio.ClosedResourceError
+                if res < 0:
+                    broken(res)
+                if res >= len(view):
+                    return
+                view = view[res:]  # a short send (interrupted): send the rest
+                self._check()
+        finally:
+            self._sending = False
+
+    async def send_eof(self) -> None:
+        self._check()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:  # the peer is gone already: nothing to end
+                raise anyio.BrokenResourceError from exc
+        await checkpoint()
+
+
+class UNIXSocketStream(SocketStream, anyio.abc.UNIXSocketStream):
+    """A connected UNIX stream (or seqpacket) socket, with file descriptor passing."""
+
+    async def send_fds(self, message: bytes, fds: Collection[int | IOBase]) -> None:
+        if not message:
+            raise ValueError("message must not be empty")
+        if not fds:
+            raise ValueError("fds must not be empty")
+        filenos = array.array("i", (fd if isinstance(fd, int) else fd.fileno() for fd in fds))
+        data = filenos.tobytes()
+        control = _CMSG_HDR.pack(_CMSG_HDR.size + len(data), socket.SOL_SOCKET, socket.SCM_RIGHTS) + data
+        control += bytes(_cmsg_space(len(data)) - len(control))
+        if self._sending:
+            raise anyio.BusyResourceError("writing to")
+        self._check()
+        view = _byte_view(message)
+        self._sending = True
+        try:
+            while view:
+                msg = MsgHdr([view], control=control) if control else MsgHdr([view])
+                res = await self._inflight.wait(self._ring.sendmsg(self._fd, msg, socket.MSG_NOSIGNAL))
+                if self._inflight.closing:
+                    raise anyio.ClosedResourceError
+                if res < 0:
+                    broken(res)
+                view = view[res:]
+                control = b""  # the descriptors went with the first bytes
+        finally:
+            self._sending = False
+
+    async def receive_fds(self, msglen: int, maxfds: int) -> tuple[bytes, list[int]]:
+        if not isinstance(msglen, int) or msglen < 0:
+            raise ValueError("msglen must be a non-negative integer")
+        if not isinstance(maxfds, int) or maxfds < 1:
+            raise ValueError("maxfds must be a positive integer")
+        if self._receiving:
+            raise anyio.BusyResourceError("reading from")
+        self._check()
+        buf = bytearray(msglen)
+        msg = MsgHdr([buf], writable=True, control_capacity=_cmsg_space(maxfds * 4))
+        self._receiving = True
+        try:
+            res = await self._inflight.wait(self._ring.recvmsg(self._fd, msg, socket.MSG_CMSG_CLOEXEC))
+        finally:
+            self._receiving = False
+        fds, unexpected = _parse_rights(msg.control()) if res >= 0 else ([], None)
+        if self._inflight.closing:
+            _close_all(fds)
+            raise anyio.ClosedResourceError
+        if res < 0:
+            broken(res)
+        if unexpected is not None:
+            _close_all(fds)
+            raise RuntimeError(
+                f"Received unexpected ancillary data; message = {bytes(buf[:res])!r}, {unexpected}"
+            )
+        if res == 0 and not fds:
+            raise anyio.EndOfStream
+        return bytes(buf[:res]), fds
+
+
+def _parse_rights(control: bytes) -> tuple[list[int], str | None]:
+    """The fds of the SCM_RIGHTS messages in ``control``, and a description of anything else."""
+    fds = array.array("i")
+    unexpected = None
+    offset = 0
+    while offset + _CMSG_HDR.size <= len(control):
+        length, level, kind = _CMSG_HDR.unpack_from(control, offset)
+        if length < _CMSG_HDR.size:
+            break
+        data = control[offset + _CMSG_HDR.size : offset + length]
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        else:
+            unexpected = f"cmsg_level = {level}, cmsg_type = {kind}"
+        offset += _cmsg_space(length - _CMSG_HDR.size)
+    return list(fds), unexpected
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
