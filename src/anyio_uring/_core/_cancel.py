@@ -640,7 +640,11 @@ class _ClosableWaiter(_OpWaiter):
     __slots__ = ("ended",)
 
     def __init__(self, task: Task, op: Operation, ended: bool) -> None:
-        super().__init__(task, op)
+        # no super().__init__(): one wait per socket operation builds one of these
+        self.task = task
+        self._op = op
+        self.cancel_requested = False
+        self.raise_cancel = None
         #: Set by :meth:`end` (the resource is being closed), not by a cancel scope.
         self.ended = ended
 
@@ -714,17 +718,6 @@ async def _not_parkable(op: Operation) -> int:
     return op.result
 
 
-async def _park(waiter: _ClosableWaiter) -> int:
-    """:func:`wait_operation`'s wait, for a waiter whose operation a closer may also end."""
-    result: int = await wait_task_rescheduled(waiter.abort)
-    if (waiter.cancel_requested or waiter.ended) and result in CANCELLED_RESULTS:
-        if waiter.cancel_requested:
-            assert waiter.raise_cancel is not None
-            waiter.raise_cancel()
-        return -errno.ECANCELED
-    return result
-
-
 async def wait_owned_fd(op: Operation, error: Callable[[int], BaseException] | None = None) -> OwnedFd:
     """:func:`wait_operation` for an operation that returns an fd (``OpFacts.returns_fd``).
 
@@ -772,15 +765,22 @@ class InFlight:
             return await _not_parkable(op)
         waiter = _ClosableWaiter(task, op, self.closing)
         op.callback = waiter.completed
-        self._waiters.add(waiter)
+        waiters = self._waiters
+        waiters.add(waiter)
         try:
-            return await _park(waiter)
+            result: int = await wait_task_rescheduled(waiter.abort)  # _park, inlined
         finally:
-            self._waiters.discard(waiter)
-            if not self._waiters:
+            waiters.discard(waiter)
+            if not waiters and self._closers:
                 for closer in self._closers:
                     closer._runner.reschedule(closer)
                 self._closers.clear()
+        if (waiter.cancel_requested or waiter.ended) and result in CANCELLED_RESULTS:
+            if waiter.cancel_requested:
+                assert waiter.raise_cancel is not None
+                waiter.raise_cancel()
+            return -errno.ECANCELED
+        return result
 
     def end(self) -> None:
         """Mark the resource closing and end every operation in flight, without waiting (for

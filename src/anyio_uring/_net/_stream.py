@@ -16,7 +16,7 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from .._core import checkpoint, current_runner
+from .._core import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled, current_runner
 from .._native import lib
 from .._ring import MsgHdr
 from ._pool import Sizer, net_state
@@ -27,6 +27,7 @@ __all__ = ["SocketStream", "UNIXSocketStream"]
 _F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
 _BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
 _ENOBUFS: Final = -errno.ENOBUFS
+_NOSIGNAL: Final = socket.MSG_NOSIGNAL
 _SEND_FLAGS: Final = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
 _POLLIN: Final = select.POLLIN
 _OWNED_SIZE: Final = 65536
@@ -86,8 +87,9 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
         """RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only when data arrives."""
         sizer = self._sizer
         index = sizer.pick(max_bytes)
+        groups = self._pool._groups
         while True:
-            group = self._pool.group(index)
+            group = groups[index] or self._pool.group(index)
             if group is None:
                 return await self._receive_poll(max_bytes)
             op = self._ring.recv_select(self._fd, group, max_bytes if max_bytes < group.size else 0)
@@ -153,15 +155,26 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
     # -- sending --------------------------------------------------------------------------
 
     async def send(self, item: bytes) -> None:
+        """Send all of ``item``.  As trio does: a cancel point before anything is sent, then a
+        non-blocking send of what the socket buffer takes at once, then ring ``SEND`` operations for the
+        rest (the bytes stay pinned until each one's final CQE)."""
         if self._sending:
             raise anyio.BusyResourceError("writing to")
         self._check()
         view = _byte_view(item)
         self._sending = True
         try:
-            if not view:
-                await checkpoint()
+            await checkpoint_if_cancelled()
+            try:
+                sent = self._sock.send(view, _NOSIGNAL)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise anyio.BrokenResourceError from exc
+            if sent >= len(view):
+                await cancel_shielded_checkpoint()
                 return
+            view = view[sent:]
             while True:
                 res = await self._inflight.wait(self._ring.send(self._fd, view, _SEND_FLAGS))
                 if self._inflight.closing:
