@@ -26,8 +26,9 @@ from __future__ import annotations
 import errno
 import math
 import os
+import types
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -653,6 +654,9 @@ class _ClosableWaiter(_OpWaiter):
         self.ended = True
         end_operation(self._op)
 
+    # The waiter itself is the abort callback: no bound method per wait (memory per connection).
+    __call__ = _OpWaiter.abort
+
 
 def end_operation(op: Operation) -> None:
     """End ``op``, on which some task is parked in a wait of this module, from outside that task
@@ -748,33 +752,41 @@ class InFlight:
     __slots__ = ("_closers", "_waiters", "closing")
 
     def __init__(self) -> None:
-        self._waiters: set[_ClosableWaiter] = set()
-        self._closers: list[Task] = []
+        # Lists, not sets: a resource has one or two operations in flight, and an idle
+        # connection should cost as little memory as it can (an empty set is 216 bytes).
+        self._waiters: list[_ClosableWaiter] = []
+        self._closers: list[Task] | None = None  # made by end_all
         #: True from :meth:`end_all` on.
         self.closing = False
 
     def __len__(self) -> int:
         return len(self._waiters)
 
-    async def wait(self, op: Operation) -> int:
-        """:func:`wait_operation`, with ``op`` recorded as in flight until its task lets go."""
+    @types.coroutine
+    def wait(self, op: Operation) -> Generator[Any, Any, int]:
+        """:func:`wait_operation`, with ``op`` recorded as in flight until its task lets go.
+
+        A generator-based coroutine that parks the task itself (no inner trap frame): an idle
+        connection's pending receive waits here, and every frame is memory per connection.
+        """
         task = GLOBAL.task
         if task is None:
             task = current_task()  # raises
         if op.callback is not None or op.done:
-            return await _not_parkable(op)
+            return (yield from _not_parkable(op).__await__())
         waiter = _ClosableWaiter(task, op, self.closing)
         op.callback = waiter.completed
         waiters = self._waiters
-        waiters.add(waiter)
+        waiters.append(waiter)
         try:
-            result: int = await wait_task_rescheduled(waiter.abort)  # _park, inlined
+            result: int = yield waiter  # wait_task_rescheduled(waiter.abort), inlined
         finally:
-            waiters.discard(waiter)
-            if not waiters and self._closers:
-                for closer in self._closers:
+            waiters.remove(waiter)
+            closers = self._closers
+            if closers and not waiters:
+                for closer in closers:
                     closer._runner.reschedule(closer)
-                self._closers.clear()
+                closers.clear()
         if (waiter.cancel_requested or waiter.ended) and result in CANCELLED_RESULTS:
             if waiter.cancel_requested:
                 assert waiter.raise_cancel is not None
@@ -796,6 +808,8 @@ class InFlight:
         if not self._waiters:
             return
         task = current_task()
+        if self._closers is None:
+            self._closers = []
         self._closers.append(task)
 
         def abort(_: RaiseCancel) -> Abort:
