@@ -14,7 +14,7 @@
 3. Classifies each failure of the backend under test:
 
    * *expected*: listed in ``expected-failures.txt`` (one test id per line, then ``  # reason``):
-     tests that fail only because sockets are not implemented yet;
+     documented limitations (none today);
    * *environment*: the same test fails on the reference backend in the same run (no IPv6
      ``localhost``, no DNS, ...);
    * *unexpected*: anything else.
@@ -245,8 +245,8 @@ def write_expected(entries: dict[str, str], path: Path = EXPECTED_FILE) -> None:
     header = [
         "# anyio tests expected to fail on the anyio backend 'uring' (see run.py), one per line:",
         "#   <test id>  # <one-line reason>",
-        "# Only tests that fail because sockets (and TLS / streams over sockets) are not implemented",
-        "# yet belong here. conformance/run.py fails when a listed test passes: then remove it.",
+        "# Only documented, justified limitations belong here (there are none today: every test that",
+        "# passes on trio passes on uring). conformance/run.py fails when a listed test passes.",
     ]
     width = max((len(test_id) for test_id in entries), default=0)
     lines = [f"{test_id.ljust(width)}  # {reason}" for test_id, reason in sorted(entries.items())]
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "uring":
         listed = len(expected)
         print(
-            f"\nexpected failures (sockets not implemented yet): {len(verdict.expected)} of {listed} listed"
+            f"\nexpected failures (documented limitations): {len(verdict.expected)} of {listed} listed"
         )
     for report in (reference, target):
         if report is not None:

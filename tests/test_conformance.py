@@ -1,8 +1,8 @@
 """anyio's own test suite on the "uring" backend (conformance/run.py), with trio as the
 reference in the same run.
 
-Fails on any failure that is neither listed in conformance/expected-failures.txt (sockets are not
-implemented yet) nor shared by trio (the machine's environment), and on any listed failure that
+Fails on any failure that is neither listed in conformance/expected-failures.txt (documented
+limitations; none today) nor shared by trio (the machine's environment), and on any listed failure that
 passes now.  Takes a few minutes: anyio's suite runs twice.
 """
 
