@@ -480,15 +480,14 @@ async def test_connect_tcp_refused_is_an_oserror() -> None:
 
 
 async def test_udp_round_trip() -> None:
-    async with await anyio.create_udp_socket(local_host="127.0.0.1") as a:
-        async with await anyio.create_connected_udp_socket(
-            "127.0.0.1", a.extra(anyio.abc.SocketAttribute.local_port), local_host="127.0.0.1"
-        ) as b:
-            await b.send(b"ping")
-            data, addr = await a.receive()
-            assert data == b"ping"
-            await a.sendto(b"pong", *addr)
-            assert await b.receive() == b"pong"
+    a = await anyio.create_udp_socket(local_host="127.0.0.1")
+    port = a.extra(anyio.abc.SocketAttribute.local_port)
+    async with a, await anyio.create_connected_udp_socket("127.0.0.1", port, local_host="127.0.0.1") as b:
+        await b.send(b"ping")
+        data, addr = await a.receive()
+        assert data == b"ping"
+        await a.sendto(b"pong", *addr)
+        assert await b.receive() == b"pong"
 
 
 # ------------------------------------------------------------------------------------------

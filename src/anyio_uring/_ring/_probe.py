@@ -279,9 +279,9 @@ class KernelSupport:
             else "eventfd watched by a re-armed POLL_ADD",
             "withdrawn SQEs": "NOP with CQE_SKIP_SUCCESS" if self.cqe_skip else "NOP whose CQE is dropped",
             "accept": "multishot ACCEPT" if self.multishot_accept else "one ACCEPT per connection",
-            "stream receive": "provided-buffer ring (no memory pinned while idle)"
+            "stream receive": "RECV from provided-buffer size classes (no memory pinned while idle)"
             if self.buffer_rings
-            else "RECV into an owned buffer",
+            else "POLL_ADD, then a non-blocking recv (no memory pinned while idle)",
             "file stat": "STATX on the ring" if self.statx else "os.stat in a worker thread",
             "file truncate": "FTRUNCATE on the ring" if self.ftruncate else "os.ftruncate in a worker thread",
             "process wait": "WAITID on the ring" if self.waitid else "POLL_ADD on a pidfd, then waitpid",
