@@ -378,9 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     show(f"failing on {reference_backend} too (environment)", verdict.environment)
     if args.backend == "uring":
         listed = len(expected)
-        print(
-            f"\nexpected failures (documented limitations): {len(verdict.expected)} of {listed} listed"
-        )
+        print(f"\nexpected failures (documented limitations): {len(verdict.expected)} of {listed} listed")
     for report in (reference, target):
         if report is not None:
             print(f"{report.backend}: {report.seconds:.0f} s, log {report.log}")
