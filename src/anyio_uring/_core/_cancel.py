@@ -934,6 +934,18 @@ class MultishotFeed:
             await wait_task_rescheduled(abort)
         self._dispose_all()
 
+    def abandon(self) -> None:
+        """The owner is gone without :meth:`close` (garbage collection): end the operation
+        without waiting.  Its final CQE still comes, and once nothing refers to the feed any more
+        its untaken results are disposed of."""
+        self.closing = True
+        op = self._op
+        if op is not None and not op.done:
+            try:
+                op.ring.cancel(op)
+            except Exception:  # another thread, or the ring is gone: nothing left to end
+                pass
+
     def _dispose_all(self) -> None:
         items = self._items
         while items:

@@ -108,15 +108,10 @@ class SocketListener(RingSocket, anyio.abc.SocketListener):
 
     def __del__(self) -> None:
         # Dropped without aclose(): an armed multishot accept would outlive the socket object and
-        # keep accepting (KERNEL-FACTS.md 2f); end it.  Its final CQE and the feed's disposal of
-        # queued connections follow as usual.
+        # keep accepting (KERNEL-FACTS.md 2f); end it.
         feed = self.__dict__.get("_feed")
-        op = feed._op if feed is not None else None
-        if op is not None and not op.done:
-            try:
-                self._ring.cancel(op)
-            except Exception:  # another thread, or the ring is gone: nothing to do
-                pass
+        if feed is not None:
+            feed.abandon()
 
     async def _end_all(self) -> None:
         if self._feed is not None:

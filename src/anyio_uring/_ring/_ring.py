@@ -685,7 +685,8 @@ class Ring:
             ioprio,
             buffers.bgid,
         )
-        op = self._queue(OP_RECV, _prep_recv, args, (buffers,), multishot=multishot)
+        # No pins: ``op.buffers`` holds the group (and the ring holds it until closed).
+        op = self._queue(OP_RECV, _prep_recv, args, _NO_PINS, 0, None, multishot)
         op.buffers = buffers
         return op
 
@@ -1041,7 +1042,36 @@ class Ring:
         self, op: Operation, ud: int, res: int, flags: int, errors: list[BaseException]
     ) -> None:
         """A CQE with ``F_MORE`` or ``F_BUFFER`` (see ``_dispatch``); errors go to ``errors``."""
-        if flags & _F_BUFFER and op.buffers is not None:
+        buffers = op.buffers
+        plain = buffers is not None and not buffers.incremental
+        if plain and not flags & _F_MORE and op.callback is not None:
+            # The common case -- a single-shot BUFFER_SELECT receive's final CQE -- inlined:
+            # ProvidedBufferRing._reaped for a plain ring, then Operation._complete.
+            try:
+                bid = flags >> _BUFFER_SHIFT
+                lent = buffers._lent
+                if buffers._closed or not 0 <= bid < buffers.count or not lent[bid]:
+                    buffers._reaped(res, flags)  # closed, or the loud error for a bad bid
+                else:
+                    lent[bid] = 0
+                del self._ops[ud]
+                state = _AFTER_FINAL[op._state]
+                if state is None or state >= _F_ABANDONED:
+                    op._complete(res, flags)  # not expected here: the general path
+                    return
+                op._state = state
+                op.result = res
+                op.cqe_flags = flags
+                if op._pins is not _NO_PINS:
+                    op._release()
+                callback = op.callback
+                op.callback = None
+                op.on_more = None
+                callback(op)
+            except BaseException as exc:  # keep dispatching: every CQE must reach its op
+                errors.append(exc)
+            return
+        if flags & _F_BUFFER and buffers is not None:
             try:
                 op.buffers._reaped(res, flags)
             except BaseException as exc:  # the CQE still goes to its op below
@@ -1072,7 +1102,7 @@ class Ring:
             raise OSError(-rc, f"cannot unregister a provided-buffer ring: {os.strerror(-rc)}")
 
     def _buffer_ring_in_use(self, buffers: object) -> bool:
-        return any(buffers in op._pins for op in self._ops.values())
+        return any(op.buffers is buffers for op in self._ops.values())
 
     # -- shutdown ----------------------------------------------------------------------------
 
