@@ -91,6 +91,7 @@ _TAG_CANCEL: Final[int] = lib.AUR_UD_TAG_CANCEL
 _F_MORE: Final[int] = lib.AUR_CQE_F_MORE
 _F_BUFFER: Final[int] = lib.AUR_CQE_F_BUFFER
 _BUFFER_SHIFT: Final[int] = lib.AUR_CQE_BUFFER_SHIFT
+_NEG_ENOENT: Final = -errno.ENOENT
 _EBADFD: Final = 77
 _EWRONGTHREAD: Final[int] = lib.AUR_EWRONGTHREAD
 #: A prep's user_data argument that asks the C core for ``slot + 1`` (``Ring._queue``).
@@ -448,6 +449,8 @@ class Ring:
         self._pid = os.getpid()
         self._ops: dict[int, Operation] = {}
         self._next_cancel_ud = 1
+        #: ASYNC_CANCEL user_data -> the operation it targets (until the cancel's CQE).
+        self._cancel_targets: dict[int, Operation] = {}
         #: The user_data of the newest SQE queued from Python (an operation's or a cancel's):
         #: it changes whenever anything is queued, so the run loop can compare it with the
         #: value it saw at its last harvest.  A plain attribute (no int is made per operation):
@@ -464,6 +467,8 @@ class Ring:
         self.rejected_cqes = 0
         #: CQEs of our own ASYNC_CANCEL requests (their result decides nothing).
         self.cancel_cqes = 0
+        #: ASYNC_CANCELs queued again because the first found no target while it was in flight.
+        self.cancel_retries = 0
         #: Operations withdrawn before the kernel saw them.
         self.withdrawn = 0
         self.support = self._probe(opts)
@@ -543,6 +548,7 @@ class Ring:
             "sqes_written": c.sq_written,
             "rejected_cqes": self.rejected_cqes,
             "cancel_cqes": self.cancel_cqes,
+            "cancel_retries": self.cancel_retries,
             "withdrawn": self.withdrawn,
         }
 
@@ -899,7 +905,7 @@ class Ring:
         # Queue the ASYNC_CANCEL first: if that fails (SQ full after retries, ring gone) the
         # operation keeps its state, so a later cancel tries again instead of believing one is
         # on its way.  Queueing may reap CQEs (SQ full): the operation can finish meanwhile.
-        self._queue_internal(_prep_cancel, (0, op.user_data, 0, 0))
+        self._cancel_targets[self._queue_internal(_prep_cancel, (0, op.user_data, 0, 0))] = op
         if op._state & _LIFE == _PENDING:
             op._transition("cancel")
         return False
@@ -912,7 +918,8 @@ class Ring:
         """
         self._queue_internal(_prep_cancel, (0, 0, _check_fd(fd), lib.AUR_CANCEL_FD | lib.AUR_CANCEL_ALL))
 
-    def _queue_internal(self, prep: Callable[..., int], args: tuple[Any, ...]) -> None:
+    def _queue_internal(self, prep: Callable[..., int], args: tuple[Any, ...]) -> int:
+        """Queue a runtime-internal SQE (an ASYNC_CANCEL); returns its user_data."""
         self._check_usable()
         ud = _TAG_CANCEL | (self._next_cancel_ud & ~_TAG_CANCEL)
         self._next_cancel_ud += 1
@@ -921,6 +928,7 @@ class Ring:
         rc = prep(*full)
         if rc < 0:
             self._prep_failed(rc, prep, full)
+        return ud
 
     # -- the loop's one wait ----------------------------------------------------------------
 
@@ -1033,6 +1041,18 @@ class Ring:
                     continue
             if ud & _TAG_CANCEL:
                 self.cancel_cqes += 1
+                target = self._cancel_targets.pop(ud, None)
+                if target is not None and res == _NEG_ENOENT and target._state & _LIFE != _DONE:
+                    # The cancel found nothing, yet the target has not completed: it was between
+                    # states (a poll-driven SEND or RECV being retried from task_work, seen on
+                    # 6.18 with a small SO_SNDBUF).  Cancel it again, or it may wait forever.
+                    try:
+                        self.cancel_retries += 1
+                        self._cancel_targets[
+                            self._queue_internal(_prep_cancel, (0, target.user_data, 0, 0))
+                        ] = target
+                    except BaseException as exc:
+                        errors.append(exc)
             else:
                 self.rejected_cqes += 1
         if errors:
@@ -1131,6 +1151,7 @@ class Ring:
                 for op in self._ops.values():
                     op._state |= _F_ABANDONED
                 self._ops.clear()
+                self._cancel_targets.clear()
             for bgid, br in list(self._buffer_rings.items()):
                 self._buffer_rings.pop(bgid, None)
                 br._forget()
@@ -1164,6 +1185,7 @@ class Ring:
             for op in stuck:
                 op._state |= _F_ABANDONED
             self._ops.clear()
+            self._cancel_targets.clear()
             warnings.warn(
                 f"{len(stuck)} io_uring operation(s) did not finish within {drain_timeout}s of "
                 f"closing the ring ({stuck[:3]}...); their memory is kept until the process exits",
@@ -1176,6 +1198,7 @@ class Ring:
         self._closed = True
         self._forked = True
         self._ops.clear()
+        self._cancel_targets.clear()
         self._buffer_rings.clear()
         lib.aur_close(self._c)  # no munmap/close happens for a forked ring: see fork_child in aur.c
         _LIVE_RINGS.discard(self)
