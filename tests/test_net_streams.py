@@ -400,13 +400,6 @@ def test_close_wakes_a_waiting_receive(options: dict[str, Any], kind: str, settl
     run(main, **options)
 
 
-_SEND_CANCEL_LOST = pytest.mark.xfail(
-    strict=True,
-    reason="bug: ASYNC_CANCEL of a SEND that is between poll retries (DEFER_TASKRUN, small SO_SNDBUF) "
-    "gets -ENOENT and is never re-issued: aclose() waits forever",
-)
-
-
 @pytest.mark.parametrize("settle", [True, False], ids=["in_kernel", "at_once"])
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
 @pytest.mark.parametrize("mode", RING_MODES.values(), ids=RING_MODES.keys())
@@ -420,7 +413,7 @@ def test_close_wakes_a_blocked_send(mode: dict[str, str], kind: str, settle: boo
 @pytest.mark.parametrize(
     ("mode", "kind", "settle"),
     [
-        pytest.param(RING_MODES["default"], "tcp", False, id="default-tcp-at_once", marks=_SEND_CANCEL_LOST),
+        pytest.param(RING_MODES["default"], "tcp", False, id="default-tcp-at_once"),
         pytest.param(RING_MODES["default"], "tcp", True, id="default-tcp-in_kernel"),
         pytest.param(RING_MODES["default"], "unix", False, id="default-unix-at_once"),
         pytest.param(RING_MODES["no_defer"], "tcp", False, id="no_defer-tcp-at_once"),
@@ -435,7 +428,7 @@ def test_close_wakes_a_blocked_send_small_sndbuf(mode: dict[str, str], kind: str
 @pytest.mark.parametrize(
     ("mode", "sndbuf"),
     [
-        pytest.param(RING_MODES["default"], 4096, id="default-small_sndbuf", marks=_SEND_CANCEL_LOST),
+        pytest.param(RING_MODES["default"], 4096, id="default-small_sndbuf"),
         pytest.param(RING_MODES["default"], None, id="default"),
         pytest.param(RING_MODES["no_defer"], 4096, id="no_defer-small_sndbuf"),
     ],

@@ -128,7 +128,8 @@ class ReceivePool:
         self.ring = ring
         self.limit = limit
         self._groups: list[ProvidedBufferRing | None] = [None] * len(SIZE_CLASSES)
-        #: Times a group grew, and receives the pool could not serve (they polled instead).
+        #: Times a group grew, and receives the pool could not serve (they polled instead: a
+        #: group at the limit ran dry, or a class had no room to be registered).
         self.grows = 0
         self.exhausted = 0
         #: False once registering a group failed: receives then poll.
@@ -152,6 +153,7 @@ class ReceivePool:
         if self.nbytes + count * size > self.limit:
             count = max(1, (self.limit - self.nbytes) // size)
             if self.nbytes + count * size > self.limit:
+                self.exhausted += 1  # no room for this class: the receive polls instead
                 return None
         try:
             group = ProvidedBufferRing(self.ring, _BGID_BASE + index, count, size, capacity=capacity)
