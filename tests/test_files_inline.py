@@ -357,13 +357,22 @@ def test_uncached_pages_fall_back_to_a_ring_read(
             out.append(await f.read())
         return out
 
-    out = run(main)
-    assert out == [data[:8192], data[8192:16384], data[28672:36864], data]
-    if evicted[0] < 0:
-        pytest.skip("no cachestat(2): cannot tell whether the pages were evicted")
-    expected = (evicted[0] == 0) + (evicted[1] == 1)  # the cases that had to use the ring
-    assert expected >= 1, evicted
-    assert counts.get("read", 0) >= expected
+    # An RWF_NOWAIT read of evicted pages may still succeed: it starts read-ahead without
+    # sleeping, and a fast device (this VM's virtio disk, served from the host's cache) can
+    # finish it before the read looks again -- 130 of 200 such reads here.  So the ring is not
+    # *always* needed; retry until an attempt hits EAGAIN and check that it then reads on the
+    # ring, with the right bytes every time.
+    for _attempt in range(30):
+        evicted.clear()
+        out = run(main)
+        assert out == [data[:8192], data[8192:16384], data[28672:36864], data]
+        if evicted[0] < 0:
+            pytest.skip("no cachestat(2): cannot tell whether the pages were evicted")
+        assert evicted[0] == 0 or evicted[1] == 1, evicted  # something was evicted
+        if counts.get("read", 0) >= 1:
+            break
+    else:
+        pytest.fail(f"30 reads of evicted pages never fell back to the ring: {evicted}, {counts}")
 
 
 def test_the_end_of_a_file_is_confirmed(local_dir: SyncPath) -> None:
