@@ -233,14 +233,26 @@ def test_classes_and_attributes(tmp_path: SyncPath) -> None:
     run(main)
 
 
-def test_outside_a_loop_fails_clearly(tmp_path: SyncPath) -> None:
-    async def main() -> None:
-        with pytest.raises(RuntimeError, match="anyio_uring"):
-            await open_file(tmp_path / "f", "w")
-        with pytest.raises(RuntimeError, match="anyio_uring"):
-            await anyio_uring.Path(tmp_path).stat()
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_outside_a_uring_loop_files_are_anyios(tmp_path: SyncPath, backend: str) -> None:
+    """Where no uring loop runs (the trio fallback for a blocked io_uring, another backend),
+    open_file and Path do what anyio's do, in worker threads."""
 
-    anyio.run(main, backend="trio")
+    async def main() -> None:
+        async with await open_file(tmp_path / "f", "w") as f:
+            assert type(f) is anyio.AsyncFile
+            await f.write("hello")
+        path = anyio_uring.Path(tmp_path) / "f"
+        assert (await path.stat()).st_size == 5
+        assert await path.read_text() == "hello"
+        assert await path.exists()
+        assert not await path.is_dir()
+        assert [p.name async for p in anyio_uring.Path(tmp_path).iterdir()] == ["f"]
+        assert await anyio_uring.Path.cwd() == anyio.Path(os.getcwd())
+        await path.unlink()
+        assert not await path.exists()
+
+    anyio.run(main, backend=backend)
 
 
 def test_limiter_is_used_for_fallbacks(tmp_path: SyncPath) -> None:

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Installs a seccomp filter: io_uring_setup (425 on every architecture) fails with errno argv[1];
-# everything else is allowed.  Then runs argv[2:] as Python code or execs `python -m anyio_uring`.
+# everything else is allowed.  Then (argv[2]) tries a Ring ("ring"), execs `python argv[4:]`
+# ("exec") or `python -m anyio_uring argv[4:]`.
 SECCOMP = r"""
 import ctypes, os, struct, sys
 
@@ -64,6 +65,8 @@ if mode == "ring":
         print(json.dumps({"type": type(exc).__name__, "errno": exc.errno, "message": str(exc)}))
     else:
         print(json.dumps({"type": None}))
+elif mode == "exec":  # any Python command line under the filter
+    os.execv(sys.executable, [sys.executable, *sys.argv[4:]])
 else:
     os.execv(sys.executable, [sys.executable, "-m", "anyio_uring", *sys.argv[4:]])
 """

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from ._errors import IoUringUnavailableError
+from ._fallback import falls_back
 from ._ring import FEATURES, OPCODE_NAMES, KernelSupport, RingOptions
 
 #: IORING_FEAT_* bit names, by bit number (kernel ABI).
@@ -92,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             failure = {"kernel": os.uname().release, "available": False, "errno": exc.errno, "error": message}
             print(json.dumps(failure, indent=2))
         print(f"anyio_uring: {message}", file=sys.stderr)
+        if falls_back(exc, None):
+            print(
+                "anyio_uring: programs still run: anyio.run(..., backend='uring') and anyio_uring.run() "
+                "use trio's loop here (slower, same semantics; ANYIO_URING_FALLBACK=0 makes it an error)",
+                file=sys.stderr,
+            )
         return 1
     try:
         report = _report(ring.support)

@@ -102,9 +102,10 @@ from typing import TYPE_CHECKING, Any, AnyStr, Final, overload
 
 from anyio import AsyncFile as _AnyioAsyncFile
 from anyio import CapacityLimiter as _AnyioCapacityLimiter
+from anyio import open_file as _anyio_open_file
 
 from .._core._cancel import CancelScope, end_and_reap, end_operation, wait_operation, wait_owned_fd
-from .._core._context import GLOBAL, current_runner
+from .._core._context import GLOBAL
 from .._core._run import checkpoint_if_cancelled
 from .._core._sync import ParkingLot
 from .._core._threads import to_thread_run_sync
@@ -2451,7 +2452,8 @@ async def open_file(
     Returns a :class:`RawFile` (``buffering=0``), a :class:`BufferedFile` (binary) or a
     :class:`TextFile`; all are :class:`AsyncFile` (and :class:`anyio.AsyncFile`) objects.
     ``limiter`` applies to the worker-thread fallbacks (``opener``, ``SEEK_DATA``, kernels
-    without STATX/FTRUNCATE).  Must be called from inside an ``anyio_uring`` loop.
+    without STATX/FTRUNCATE).  Outside a uring loop (the trio fallback where io_uring is blocked,
+    another anyio backend) it is :func:`anyio.open_file`, in worker threads.
     """
     return await open_any(file, mode, buffering, encoding, errors, newline, closefd, opener, limiter=limiter)
 
@@ -2469,7 +2471,20 @@ async def open_any(
     limiter: _AnyioCapacityLimiter | None = None,
 ) -> AsyncFile[Any]:
     """:func:`open_file` without the overloads (``mode`` is any ``str``)."""
-    ring = current_runner().ring
+    runner = GLOBAL.runner
+    if runner is None:  # no uring loop in this thread: anyio's implementation
+        anyio_file: AsyncFile[Any] = await _anyio_open_file(
+            file,
+            mode,
+            buffering,
+            encoding,
+            errors,
+            newline,
+            closefd,
+            opener,  # type: ignore[call-overload]
+        )
+        return anyio_file
+    ring = runner.ring
     if limiter is not None and not isinstance(limiter, _AnyioCapacityLimiter):
         raise TypeError(f"limiter must be a CapacityLimiter or None, not {limiter.__class__.__name__}")
     if not isinstance(file, (str, bytes, int)):

@@ -54,12 +54,13 @@ import stat as _stat
 import struct
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from functools import partial
+from functools import partial, wraps
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
 from .._core._cancel import wait_operation, wait_owned_fd
+from .._core._context import GLOBAL
 from .._core._run import checkpoint, checkpoint_if_cancelled, current_runner
 from .._core._traps import cancel_shielded_checkpoint
 from .._native import lib
@@ -151,7 +152,8 @@ class _PathIterator(AsyncIterator[P], Generic[P]):
 
 class Path(anyio.Path):
     """An :class:`anyio.Path` whose I/O runs on the ring (see the module docstring for the
-    method table).  Must be used inside an ``anyio_uring`` loop."""
+    method table).  Outside a uring loop (the trio fallback where io_uring is blocked, another
+    anyio backend) its methods are :class:`anyio.Path`'s, in worker threads."""
 
     __slots__ = ("_encoded",)  # the path as bytes for the kernel, made on first use
     _encoded: bytes
@@ -589,3 +591,41 @@ class Path(anyio.Path):
 
         async def move_into(self, target_dir: str | os.PathLike[str]) -> Self:
             return type(self)(await self._thread(self._path.move_into, target_dir), limiter=self._limiter)
+
+
+# -- outside a uring loop: anyio's worker-thread implementation ---------------------------------
+
+
+def _ring_or_thread(ring_impl: Callable[..., Any], thread_impl: Callable[..., Any]) -> Callable[..., Any]:
+    """``ring_impl`` where a uring loop runs in the calling thread, else anyio's ``thread_impl``.
+
+    Outside a uring loop -- on the trio fallback where io_uring is blocked (``_fallback.py``), or
+    under another anyio backend -- a ``Path`` does what an :class:`anyio.Path` does.  A plain
+    function that returns the chosen method's awaitable: no extra coroutine frame.
+    """
+
+    @wraps(ring_impl)
+    def method(*args: Any, **kwargs: Any) -> Any:
+        if GLOBAL.runner is None:
+            return thread_impl(*args, **kwargs)
+        return ring_impl(*args, **kwargs)
+
+    return method
+
+
+def _outside_a_loop_use_anyio(cls: type[P]) -> type[P]:
+    """Route every public method ``cls`` overrides through :func:`_ring_or_thread`."""
+    for name, impl in list(vars(cls).items()):
+        if name.startswith("_"):
+            continue
+        base = anyio.Path.__dict__.get(name)
+        if base is None:
+            continue
+        if isinstance(impl, classmethod) and isinstance(base, classmethod):
+            setattr(cls, name, classmethod(_ring_or_thread(impl.__func__, base.__func__)))
+        elif callable(impl) and callable(base):
+            setattr(cls, name, _ring_or_thread(impl, base))
+    return cls
+
+
+_outside_a_loop_use_anyio(Path)
