@@ -56,10 +56,14 @@ class UringBackendFinder:
     def exec_module(module: ModuleType) -> None:
         # An ImportError here (e.g. a broken native build) reaches the user through anyio's
         # "No such backend: uring" LookupError, as its __cause__.
-        from anyio_uring.backend import UringBackend
+        from anyio_uring.backend import CancelScope, TaskGroup, UringBackend
 
         module.backend_class = UringBackend  # type: ignore[attr-defined]
-        module.__all__ = ["backend_class"]  # type: ignore[attr-defined]
+        # anyio's own backend modules also export these; asyncer's create_task_group() subclasses
+        # ``anyio._backends._<sniffio name>.TaskGroup``.
+        module.TaskGroup = TaskGroup  # type: ignore[attr-defined]
+        module.CancelScope = CancelScope  # type: ignore[attr-defined]
+        module.__all__ = ["CancelScope", "TaskGroup", "backend_class"]  # type: ignore[attr-defined]
 
 
 def install() -> None:

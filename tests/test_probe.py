@@ -339,4 +339,14 @@ def test_main_imports_only_the_ring_layer() -> None:
                 imported.add(str(node.module))
         elif isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names if alias.name.startswith("anyio"))
-    assert imported == {"._errors", "._ring"}
+    assert imported == {"._errors", "._ring", "._fallback"}
+    # ... and the fallback decision it reports needs only the errors at import time
+    import anyio_uring._fallback as fallback_module
+
+    tree = ast.parse(Path(fallback_module.__file__).read_text())
+    top_level = {
+        "." * node.level + (node.module or "")
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.level
+    }
+    assert top_level == {"._errors"}

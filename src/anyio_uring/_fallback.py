@@ -40,12 +40,15 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Clock, MockClock, SystemClock
-from ._core._context import GLOBAL
 from ._errors import IoUringUnavailableError
 
 if TYPE_CHECKING:
     import anyio.abc
+
+    from ._core import Clock
+
+# The decision (``falls_back``) needs nothing but ``_errors``: ``python -m anyio_uring``, which
+# reports on the ring layer only, asks it too.  Running on trio imports the runtime's pieces.
 
 __all__ = [
     "ENVIRONMENT_VARIABLE",
@@ -146,6 +149,8 @@ def trio_clock(clock: Clock | None) -> object | None:
     autojump threshold (trio autojumps only its own class); another clock is passed as it is
     (trio's clock protocol is the same three methods).
     """
+    from ._core import MockClock, SystemClock
+
     if clock is None or type(clock) is SystemClock:
         return None
     if isinstance(clock, MockClock):
@@ -170,6 +175,8 @@ def run_on_trio(
 ) -> T:
     """Run ``func(*args)`` with anyio's trio backend, after the one warning."""
     from anyio._backends._trio import backend_class
+
+    from ._core._context import GLOBAL
 
     _warn_once(exc)
     old, GLOBAL.fallback = GLOBAL.fallback, str(exc)
