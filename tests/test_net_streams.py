@@ -712,15 +712,17 @@ def test_tls_round_trip(receive: str) -> None:
 
 
 def test_size_class_grows_under_bulk_and_shrinks_for_small_messages() -> None:
-    """The Netty-style sizer (white box: ``stream._sizer``): receiving 256 KiB of bulk data with
+    """The Netty-style sizer (white box: ``stream._size``): receiving 256 KiB of bulk data with
     65536-byte reads ends at the top class; then a ping-pong of 10-byte messages (each receive
     goes to the ring and returns 10 bytes) brings it back to the smallest class."""
+    from anyio_uring._net._pool import size_pick
+
     top = len(SIZE_CLASSES) - 1
 
     async def main() -> None:
         a, b = await tcp_pair()
         async with a, b:
-            assert b._sizer.index == 1  # starts at 4 KiB
+            assert size_pick(b._size, 1 << 30) == 1  # starts at 4 KiB
             bulk = os.urandom(256 * 1024)
             await a.send(bulk)
             await anyio.sleep(0.02)  # all of it waits in the socket: every read is full
@@ -728,11 +730,37 @@ def test_size_class_grows_under_bulk_and_shrinks_for_small_messages() -> None:
             while len(got) < len(bulk):
                 got += await b.receive(65536)
             assert got == bulk
-            assert b._sizer.index == top
+            assert size_pick(b._size, 1 << 30) == top
             for i in range(20):
                 message = b"%010d" % i
                 await a.send(message)
                 assert await b.receive(65536) == message
-            assert b._sizer.index == 0
+            assert size_pick(b._size, 1 << 30) == 0
 
     run(main, socket_receive="select")
+
+
+def test_receive_size_class_adapts_like_netty() -> None:
+    """The per-stream size state (an int, not an object: memory per idle connection): starts at
+    4 KiB, grows one class after a receive that filled its buffer, shrinks one class after two
+    small receives in a row, and never picks a class larger than ``max_bytes`` needs."""
+    from anyio_uring._net._pool import SIZE_CLASSES, SIZER_START, size_pick, size_record
+
+    state = SIZER_START
+    assert SIZE_CLASSES[size_pick(state, 65536)] == 4096
+    assert SIZE_CLASSES[size_pick(state, 1000)] == 1024  # no larger than max_bytes needs
+    state = size_record(state, 1, 4096)  # full: grow
+    assert SIZE_CLASSES[size_pick(state, 65536)] == 16384
+    state = size_record(state, 2, 16384)
+    state = size_record(state, 3, 65536)  # at the top: stays
+    assert SIZE_CLASSES[size_pick(state, 65536)] == 65536
+    state = size_record(state, 3, 100)  # one small receive: no change yet
+    assert SIZE_CLASSES[size_pick(state, 65536)] == 65536
+    state = size_record(state, 3, 100)  # two in a row: shrink one class
+    assert SIZE_CLASSES[size_pick(state, 65536)] == 16384
+    state = size_record(state, 2, 100)
+    state = size_record(state, 2, 10000)  # a medium receive in between resets the count
+    state = size_record(state, 2, 100)
+    assert SIZE_CLASSES[size_pick(state, 65536)] == 16384
+    state = size_record(state, 2, 100)
+    assert SIZE_CLASSES[size_pick(state, 65536)] == 4096

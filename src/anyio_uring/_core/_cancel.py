@@ -76,14 +76,23 @@ __all__ = [
 class CancelStatus:
     """The cancellation state of one entered :class:`CancelScope`, linked into a tree.
 
-    Invariant: ``all(task._cancel_status is self for task in self.tasks)``.
+    Invariant: ``all(task._cancel_status is self for task in self.tasks)`` (``tasks``: the
+    ``task`` slot and the ``_more_tasks`` set).
     Invariant: ``effectively_cancelled == scope._cancel_called or (parent is not None and not
     scope._shield and parent.effectively_cancelled)``, kept by :meth:`recalculate`.
     Invariant: ``children`` is ``None`` until the first child status is attached (most statuses
     never get one); readers treat ``None`` as empty.
     """
 
-    __slots__ = ("_parent", "abandoned_by_misnesting", "children", "effectively_cancelled", "scope", "tasks")
+    __slots__ = (
+        "_more_tasks",
+        "_parent",
+        "abandoned_by_misnesting",
+        "children",
+        "effectively_cancelled",
+        "scope",
+        "task",
+    )
 
     def __init__(self, scope: CancelScope, parent: CancelStatus | None, task: Task | None = None) -> None:
         """A status under ``parent``; ``task``, if given, is recorded in ``tasks`` (the caller
@@ -91,7 +100,10 @@ class CancelStatus:
         self.scope = scope
         self._parent = parent
         self.children: set[CancelStatus] | None = None
-        self.tasks: set[Task] = {task} if task is not None else set()
+        # The tasks whose innermost status this is: almost always one (or none), so one slot,
+        # and a set only for the others (a set of one costs 216 bytes per task and scope).
+        self.task: Task | None = task
+        self._more_tasks: set[Task] | None = None
         self.abandoned_by_misnesting = False
         # What ``self.parent = parent`` and ``recalculate()`` would give, without their walk:
         # a new status has no children, and a task entering it is running (not parked), so
@@ -107,6 +119,37 @@ class CancelStatus:
             self.effectively_cancelled = scope._cancel_called or (
                 not scope._shield and parent.effectively_cancelled
             )
+
+    # -- the tasks under this status ----------------------------------------------------------
+
+    def add_task(self, task: Task) -> None:
+        first = self.task
+        if first is None:
+            self.task = task
+        elif first is not task:
+            more = self._more_tasks
+            if more is None:
+                self._more_tasks = {task}
+            else:
+                more.add(task)
+
+    def discard_task(self, task: Task) -> None:
+        if self.task is task:
+            self.task = None
+        elif self._more_tasks:
+            self._more_tasks.discard(task)
+
+    @property
+    def tasks(self) -> list[Task]:
+        """Every task whose innermost status this is (a new list)."""
+        first, more = self.task, self._more_tasks
+        tasks = [] if first is None else [first]
+        if more:
+            tasks.extend(more)
+        return tasks
+
+    def has_tasks(self) -> bool:
+        return self.task is not None or bool(self._more_tasks)
 
     @property
     def parent(self) -> CancelStatus | None:
@@ -139,7 +182,7 @@ class CancelStatus:
             if new != status.effectively_cancelled:
                 status.effectively_cancelled = new
                 if new:
-                    for task in list(status.tasks):
+                    for task in status.tasks:
                         try:
                             task._attempt_delivery_of_any_pending_cancel()
                         except BaseException as exc:  # every task must still be told
@@ -177,7 +220,7 @@ class CancelStatus:
         return False
 
     def close(self) -> None:
-        if not (self.tasks or self.children):
+        if not (self.has_tasks() or self.children):
             # The usual case: nothing is left under this status, so detaching it tells nobody.
             parent = self._parent
             if parent is not None:
@@ -187,7 +230,7 @@ class CancelStatus:
             self.effectively_cancelled = self.scope._cancel_called
             return
         self.parent = None
-        if self.tasks or self.children:
+        if self.has_tasks() or self.children:
             # Scopes were exited out of order: leave the dangling subtree cancelled and detached
             # so the tasks in it unwind; CancelScope._close reports the misnesting.
             todo = [self]
@@ -307,7 +350,7 @@ class CancelScope:
         # parked, so there is no pending cancellation to deliver (it raises at its next cancel
         # point).
         if parent is not None:
-            parent.tasks.discard(task)
+            parent.discard_task(task)
         task._cancel_status = status
         return self
 
@@ -323,16 +366,17 @@ class CancelScope:
             and not status.effectively_cancelled
             and self._timer is None
             and not status.children
-            and len(status.tasks) == 1
+            and status.task is task
+            and not status._more_tasks
         ):
             # The usual exit, :meth:`_close` without its cases: the running task leaves its
             # innermost scope, which nothing cancelled and which has nothing else under it, so
             # there is no exception to catch and nobody to tell.
             parent = status._parent
-            status.tasks.clear()
+            status.task = None
             task._cancel_status = parent
             if parent is not None:
-                parent.tasks.add(task)
+                parent.add_task(task)
                 if parent.children is not None:
                     parent.children.discard(status)
                 status._parent = None

@@ -172,7 +172,7 @@ class Task:
         if cancel_status is not None:
             # _activate_cancel_status(), for a task that has not run: it is not parked, so a
             # cancellation is not delivered here but at its first cancel point.
-            cancel_status.tasks.add(self)
+            cancel_status.add_task(self)
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r} id={self.id}>"
@@ -192,10 +192,10 @@ class Task:
     def _activate_cancel_status(self, status: CancelStatus | None) -> None:
         old = self._cancel_status
         if old is not None:
-            old.tasks.discard(self)
+            old.discard_task(self)
         self._cancel_status = status
         if status is not None:
-            status.tasks.add(self)
+            status.add_task(self)
             if status.effectively_cancelled:
                 self._attempt_delivery_of_any_pending_cancel()
 
@@ -372,7 +372,7 @@ class Runner:
         task.outcome = outcome
         status = task._cancel_status
         if status is not None:  # task._activate_cancel_status(None)
-            status.tasks.discard(task)
+            status.discard_task(task)
             task._cancel_status = None
         self.tasks.discard(task)
         if task is self.main_task:

@@ -7,8 +7,9 @@ the buffer goes back to the ring at once.
 
 * **Size classes** (:data:`SIZE_CLASSES`): one buffer group per class, registered lazily, the
   first time a receive of that class runs.  Each stream picks its class adaptively
-  (:class:`Sizer`, after Netty's ``AdaptiveRecvByteBufAllocator``): it starts at 4 KiB, grows one
-  class after a receive that filled its buffer, and shrinks one class after two receives in a row
+  (:func:`size_pick`/:func:`size_record`, after Netty's ``AdaptiveRecvByteBufAllocator``): it
+  starts at 4 KiB, grows one class after a receive that filled its buffer, and shrinks one class
+  after two receives in a row
   that would have fitted the class below.  A receive never uses a class larger than needed for
   its ``max_bytes``.
 * **Lazy growth**: a group starts small and grows (doubling, new memory added to the same ring)
@@ -43,10 +44,12 @@ if TYPE_CHECKING:
 __all__ = [
     "RECEIVE_STRATEGIES",
     "SIZE_CLASSES",
+    "SIZER_START",
     "NetConfig",
     "ReceivePool",
-    "Sizer",
     "net_state",
+    "size_pick",
+    "size_record",
 ]
 
 #: Buffer sizes of the pool's groups, smallest first.
@@ -90,35 +93,35 @@ class NetConfig:
             )
 
 
-class Sizer:
-    """Netty-style adaptive choice of a stream's receive size class."""
+#: A stream's adaptive size state, one int (``index + SIZER_SMALL * small``: the class index,
+#: and how many small receives in a row it saw) instead of an object: an idle connection's
+#: stream object is memory per connection.  The state of a new stream.
+SIZER_START: Final = _START_CLASS
+_SMALL: Final = 8  # index < 8
 
-    __slots__ = ("index", "small")
 
-    def __init__(self) -> None:
-        self.index = _START_CLASS
-        self.small = 0
+def size_pick(state: int, max_bytes: int) -> int:
+    """The class index for a receive of at most ``max_bytes`` by a stream in ``state``."""
+    index = state % _SMALL
+    while index and SIZE_CLASSES[index - 1] >= max_bytes:
+        index -= 1
+    return index
 
-    def pick(self, max_bytes: int) -> int:
-        """The class index for a receive of at most ``max_bytes``."""
-        index = self.index
-        while index and SIZE_CLASSES[index - 1] >= max_bytes:
-            index -= 1
-        return index
 
-    def record(self, index: int, nbytes: int) -> None:
-        """A receive of class ``index`` returned ``nbytes``."""
-        if nbytes >= SIZE_CLASSES[index]:
-            self.small = 0
-            if index >= self.index and self.index < len(SIZE_CLASSES) - 1:
-                self.index += 1
-        elif self.index and nbytes <= SIZE_CLASSES[self.index - 1]:
-            self.small += 1
-            if self.small >= 2:
-                self.small = 0
-                self.index -= 1
-        else:
-            self.small = 0
+def size_record(state: int, index: int, nbytes: int) -> int:
+    """The state after a receive of class ``index`` returned ``nbytes`` (Netty's rule: grow one
+    class after a full buffer, shrink one after two receives in a row that fitted the class
+    below)."""
+    current, small = state % _SMALL, state // _SMALL
+    if nbytes >= SIZE_CLASSES[index]:
+        if index >= current and current < len(SIZE_CLASSES) - 1:
+            current += 1
+        return current
+    if current and nbytes <= SIZE_CLASSES[current - 1]:
+        if small >= 1:
+            return current - 1
+        return current + _SMALL
+    return current
 
 
 class ReceivePool:

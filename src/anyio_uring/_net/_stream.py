@@ -19,7 +19,7 @@ import anyio.abc
 from .._core import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled, current_runner
 from .._native import lib
 from .._ring import MsgHdr
-from ._pool import Sizer, net_state
+from ._pool import SIZER_START, net_state, size_pick, size_record
 from ._socket import RingSocket, broken
 
 __all__ = ["SocketStream", "UNIXSocketStream"]
@@ -57,7 +57,7 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
         state = net_state(current_runner())
         self._strategy = state.strategy
         self._pool = state.pool
-        self._sizer = Sizer()
+        self._size = SIZER_START  # see _pool.size_pick
         self._receiving = False
         self._sending = False
         self._owned: bytearray | None = None
@@ -91,8 +91,7 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
                     data = await self._receive_owned(max_bytes)
             else:
                 # RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only once data arrives.
-                sizer = self._sizer
-                index = sizer.pick(max_bytes)
+                index = size_pick(self._size, max_bytes)
                 groups = self._pool._groups
                 while True:
                     group = groups[index] or self._pool.group(index)
@@ -116,7 +115,7 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
                     if self._inflight.closing:
                         raise anyio.ClosedResourceError
                     if res > 0:
-                        sizer.record(index, res)
+                        self._size = size_record(self._size, index, res)
                         if flags & _F_SOCK_NONEMPTY:
                             self._more = True
                         break
