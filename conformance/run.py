@@ -234,6 +234,9 @@ def run_suite(
     if backend == "uring":
         plugins = [p for p in env.get("PYTEST_PLUGINS", "").split(",") if p]
         env["PYTEST_PLUGINS"] = ",".join([*plugins, "anyio_uring_conformance_backends"])
+        # Where io_uring is blocked a uring run would fall back to trio's loop (anyio_uring's
+        # _fallback.py): here that is an error, not a second trio run.
+        env["ANYIO_URING_FALLBACK"] = "0"
     cmd = [
         sys.executable, "-m", "pytest", "-p", "anyio_uring_conformance", "-p", "no:cacheprovider",
         "--rootdir", str(suite), "-c", str(suite / "pyproject.toml"), "--tb=short", "-q",

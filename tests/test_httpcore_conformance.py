@@ -2,7 +2,7 @@
 reference in the same run.
 
 Fails on any uring failure (or xfail) of a test that passes on trio; failures shared by trio are
-the machine's environment.  Takes about 20 seconds: httpcore's suite runs twice.
+the machine's environment.  Takes about 15 seconds: httpcore's suite runs twice.
 """
 
 from __future__ import annotations
