@@ -16,8 +16,8 @@
 * Contains the collateral damage of a failed test: what its frames held is released in its own
   teardown (see ``_release_failed_test``), not at a random later test.
 
-Configured through the environment: ``ANYIO_CONFORMANCE_BACKEND`` (``uring`` or ``trio``) and
-``ANYIO_CONFORMANCE_REPORT``.
+Configured through the environment: ``ANYIO_CONFORMANCE_BACKEND`` (``uring`` or ``trio``),
+``ANYIO_CONFORMANCE_REPORT`` and ``ANYIO_CONFORMANCE_LABEL`` (the prefix of its messages).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import pytest
 
 BACKEND = os.environ.get("ANYIO_CONFORMANCE_BACKEND", "uring")
 REPORT = os.environ.get("ANYIO_CONFORMANCE_REPORT")
+LABEL = os.environ.get("ANYIO_CONFORMANCE_LABEL", "anyio-conformance")
 SOCKETS_MESSAGE = "sockets are not yet supported on the anyio 'uring' backend"
 TEARDOWN_TIMEOUT = 10.0
 _SOCKETS_FEATURE = re.compile(re.escape(SOCKETS_MESSAGE) + r" \([^)]*\); (.*?) will be available")
@@ -110,6 +111,7 @@ class _Recorder:
     def __init__(self) -> None:
         self.results: dict[str, dict[str, Any]] = {}
         self.keys: dict[str, str] = {}
+        self.on_backend: set[str] = set()
         self.selected = 0
 
     @pytest.hookimpl(trylast=True)
@@ -124,25 +126,37 @@ class _Recorder:
             items[:] = keep
         self.selected = len([item for item in keep if _backend_param(item) == BACKEND])
         self.keys = {item.nodeid: _key(item) for item in keep}
+        self.on_backend = {item.nodeid for item in keep if _backend_param(item) == BACKEND}
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if session.items and not self.selected and not os.environ.get("ANYIO_CONFORMANCE_RERUN"):
-            pytest.exit(f"anyio-conformance: no test is parametrized with anyio_backend={BACKEND!r}", 3)
+            pytest.exit(f"{LABEL}: no test is parametrized with anyio_backend={BACKEND!r}", 3)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         entry = self.results.setdefault(
-            report.nodeid, {"key": self.keys.get(report.nodeid, report.nodeid), "outcome": "passed"}
+            report.nodeid,
+            {
+                "key": self.keys.get(report.nodeid, report.nodeid),
+                "outcome": "passed",
+                "on_backend": report.nodeid in self.on_backend,
+            },
         )
         if report.failed:
             if entry["outcome"] != "failed":
                 entry["outcome"] = "failed"
                 entry["when"] = report.when
-                crash = getattr(report.longrepr, "reprcrash", None)
-                entry["message"] = crash.message if crash is not None else str(report.longrepr)[-500:]
+                entry["message"] = _message(report)
                 match = _SOCKETS_FEATURE.search(report.longreprtext)
                 entry["sockets"] = match[1] if match else None
         elif report.skipped and entry["outcome"] == "passed":
-            entry["outcome"] = "xfailed" if hasattr(report, "wasxfail") else "skipped"
+            if hasattr(report, "wasxfail"):
+                # An xfailed test's report still holds its error: the runner shows it when the
+                # reference backend passes the test.
+                entry["outcome"] = "xfailed"
+                entry["when"] = report.when
+                entry["message"] = _message(report)
+            else:
+                entry["outcome"] = "skipped"
 
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         # A plain implementation, called before pytest's own (which tears the fixtures down)
@@ -160,12 +174,17 @@ class _Recorder:
         stuck = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
         if stuck:
             sys.stdout.write(
-                f"anyio-conformance: exiting without joining {len(stuck)} thread(s) left blocked by failed "
+                f"{LABEL}: exiting without joining {len(stuck)} thread(s) left blocked by failed "
                 f"tests: {', '.join(t.name for t in stuck)}\n"
             )
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(getattr(self, "exitstatus", 1))
+
+
+def _message(report: pytest.TestReport) -> str:
+    crash = getattr(report.longrepr, "reprcrash", None)
+    return crash.message if crash is not None else str(report.longrepr)[-500:]
 
 
 class _TeardownTimer:
@@ -222,6 +241,6 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"ANYIO_CONFORMANCE_BACKEND must be one of {sorted(_EXPECTED_CLASSES)}")
     problem = _check_backend()
     if problem is not None:
-        pytest.exit(f"anyio-conformance: the {BACKEND!r} backend is not what anyio runs: {problem}", 3)
+        pytest.exit(f"{LABEL}: the {BACKEND!r} backend is not what anyio runs: {problem}", 3)
     config.pluginmanager.register(_Recorder(), "anyio_uring_conformance_recorder")
     config.pluginmanager.register(_TeardownTimer(), "anyio_uring_conformance_teardown_timer")

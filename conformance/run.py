@@ -19,11 +19,19 @@
      ``localhost``, no DNS, ...);
    * *unexpected*: anything else.
 
+   A test that *passes* on the reference backend and is an expected failure (xfail) on the
+   backend under test counts as a failure of the backend (it is one, hidden by the suite's
+   non-strict xfail).
+
 The run fails (exit status 1) on any unexpected failure and on any expected failure that passes
 now (the list must shrink as features land).  ``--update-expected`` adds the unexpected failures
 whose error is the backend's own "sockets are not yet supported" error and drops entries that
 pass.  The last line printed is ``anyio-conformance <backend>: P passed, F failed, S skipped``
 (xfailed tests count as skipped; errors in set-up or tear-down count as failed).
+
+The machinery is not anyio-specific: a ``SuiteSpec`` names the distribution whose sdist holds the
+tests, the modules they import and the pytest arguments they need, and ``main(spec=...)`` runs it.
+``httpcore_run.py`` runs httpcore's test suite that way.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ CACHE = HERE / "_cache"
 EXPECTED_FILE = HERE / "expected-failures.txt"
 
 #: Modules anyio's test suite imports (its "test" dependency group), by distribution name.
-TEST_REQUIREMENTS = {
+ANYIO_TEST_REQUIREMENTS = {
     "pytest": "pytest",
     "pytest_mock": "pytest-mock",
     "pytest_timeout": "pytest-timeout",
@@ -64,25 +72,53 @@ TEST_REQUIREMENTS = {
 _EXPECTED_LINE = re.compile(r"^(?P<id>\S.*?)\s+#\s+(?P<reason>\S.*)$")
 
 
+@dataclass(frozen=True)
+class SuiteSpec:
+    """A third-party test suite to run on the backends: what differs between anyio's and others."""
+
+    #: The distribution whose PyPI sdist holds the tests (``tests/`` and ``pyproject.toml``, its
+    #: pytest configuration); the installed version's sdist is used.
+    dist: str
+    #: ``{module: distribution}`` that the suite imports; checked before anything runs.
+    requirements: dict[str, str]
+    #: Extra pytest arguments for every run of the suite.
+    pytest_args: tuple[str, ...] = ()
+    #: Documented failures on uring (see ``read_expected``); None: the suite has none.
+    expected_file: Path | None = None
+
+    @property
+    def label(self) -> str:
+        """The prefix of every line the runner prints, e.g. ``anyio-conformance``."""
+        return f"{self.dist}-conformance"
+
+
+ANYIO = SuiteSpec(
+    dist="anyio",
+    requirements=ANYIO_TEST_REQUIREMENTS,
+    pytest_args=("-m", "not network"),
+    expected_file=EXPECTED_FILE,
+)
+
+
 # ------------------------------------------------------------------------------------------
 # the suite
 # ------------------------------------------------------------------------------------------
 
 
-def anyio_version() -> str:
+def installed_version(spec: SuiteSpec) -> str:
     try:
-        return version("anyio")
+        return version(spec.dist)
     except PackageNotFoundError:
-        sys.exit("anyio-conformance: anyio is not installed in this environment")
+        sys.exit(f"{spec.label}: {spec.dist} is not installed in this environment")
 
 
-def check_requirements() -> None:
+def check_requirements(spec: SuiteSpec) -> None:
     import importlib.util
 
-    missing = [dist for module, dist in TEST_REQUIREMENTS.items() if importlib.util.find_spec(module) is None]
+    missing = [dist for module, dist in spec.requirements.items() if importlib.util.find_spec(module) is None]
     if missing:
         sys.exit(
-            f"anyio-conformance: anyio's test suite needs {', '.join(missing)}; "
+            f"{spec.label}: {spec.dist}'s test suite needs {', '.join(missing)}; "
             'install them with: pip install ".[test]"'
         )
 
@@ -96,30 +132,32 @@ def _cache_lock() -> Iterator[None]:
         yield
 
 
-def fetch_suite(anyio: str) -> Path:
-    """The extracted test suite of anyio ``anyio`` (downloaded once, then cached)."""
-    dest = CACHE / f"anyio-{anyio}"
+def fetch_suite(spec: SuiteSpec, release: str) -> Path:
+    """The extracted test suite of ``spec.dist`` version ``release`` (downloaded once, then cached)."""
+    dest = CACHE / f"{spec.dist}-{release}"
     with _cache_lock():
         if not (dest / ".complete").exists():
-            _download_suite(anyio, dest)
+            _download_suite(spec, release, dest)
     return dest
 
 
-def _download_suite(anyio: str, dest: Path) -> None:
+def _download_suite(spec: SuiteSpec, release: str, dest: Path) -> None:
+    """Only ``tests/`` and ``pyproject.toml``: never the package's own sources, so that the tests
+    import the installed package."""
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         subprocess.run(
             [
-                sys.executable, "-m", "pip", "download", "--quiet", f"anyio=={anyio}",
+                sys.executable, "-m", "pip", "download", "--quiet", f"{spec.dist}=={release}",
                 "--no-binary", ":all:", "--no-deps", "--dest", tmp,
             ],
             check=True,
         )  # fmt: skip
-        sdists = list(Path(tmp).glob("anyio-*.tar.gz"))
+        sdists = list(Path(tmp).glob(f"{spec.dist}-*.tar.gz"))
         if len(sdists) != 1:
-            sys.exit(f"anyio-conformance: expected one anyio sdist from pip, got {sdists}")
+            sys.exit(f"{spec.label}: expected one {spec.dist} sdist from pip, got {sdists}")
         extracted = Path(tmp, "x")
         with tarfile.open(sdists[0]) as tar:
-            prefix = f"anyio-{anyio}/"
+            prefix = f"{spec.dist}-{release}/"
             members = [
                 m
                 for m in tar.getmembers()
@@ -128,13 +166,13 @@ def _download_suite(anyio: str, dest: Path) -> None:
             tar.extractall(extracted, members=members, filter="data")
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.move(extracted / f"anyio-{anyio}", dest)
-        (dest / ".complete").write_text(f"anyio {anyio} test suite from {sdists[0].name}\n")
+        shutil.move(extracted / f"{spec.dist}-{release}", dest)
+        (dest / ".complete").write_text(f"{spec.dist} {release} test suite from {sdists[0].name}\n")
 
 
-def new_run_dir(keep: int = 5) -> Path:
+def new_run_dir(spec: SuiteSpec, keep: int = 5) -> Path:
     """A directory for this run's logs and reports (runs may overlap); older ones are pruned."""
-    runs = CACHE / "runs"
+    runs = CACHE / f"runs-{spec.dist}"
     runs.mkdir(parents=True, exist_ok=True)
     for old in sorted(runs.iterdir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -150,6 +188,7 @@ def new_run_dir(keep: int = 5) -> Path:
 
 @dataclass
 class Report:
+    label: str
     backend: str
     results: dict[str, dict[str, Any]]
     seconds: float
@@ -162,13 +201,18 @@ class Report:
         passed = self.count("passed")
         failed = self.count("failed")
         skipped = self.count("skipped", "xfailed")
-        return f"anyio-conformance {self.backend}: {passed} passed, {failed} failed, {skipped} skipped"
+        return f"{self.label} {self.backend}: {passed} passed, {failed} failed, {skipped} skipped"
 
-    def failed_keys(self) -> set[str]:
-        return {r["key"] for r in self.results.values() if r["outcome"] == "failed"}
+    def keys(self, outcome: str) -> set[str]:
+        return {r["key"] for r in self.results.values() if r["outcome"] == outcome}
+
+    def on_backend(self) -> int:
+        """How many of the tests ran on the backend (the others take no ``anyio_backend``)."""
+        return sum(1 for r in self.results.values() if r.get("on_backend"))
 
 
 def run_suite(
+    spec: SuiteSpec,
     suite: Path,
     run_dir: Path,
     backend: str,
@@ -186,19 +230,23 @@ def run_suite(
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE), env.get("PYTHONPATH")) if p)
     env["ANYIO_CONFORMANCE_BACKEND"] = backend
     env["ANYIO_CONFORMANCE_REPORT"] = str(report_path)
+    env["ANYIO_CONFORMANCE_LABEL"] = spec.label
     if backend == "uring":
         plugins = [p for p in env.get("PYTEST_PLUGINS", "").split(",") if p]
         env["PYTEST_PLUGINS"] = ",".join([*plugins, "anyio_uring_conformance_backends"])
+        # Where io_uring is blocked a uring run would fall back to trio's loop (anyio_uring's
+        # _fallback.py): here that is an error, not a second trio run.
+        env["ANYIO_URING_FALLBACK"] = "0"
     cmd = [
         sys.executable, "-m", "pytest", "-p", "anyio_uring_conformance", "-p", "no:cacheprovider",
         "--rootdir", str(suite), "-c", str(suite / "pyproject.toml"), "--tb=short", "-q",
-        "-m", "not network", *(targets if targets is not None else ["tests"]),
+        *spec.pytest_args, *(targets if targets is not None else ["tests"]),
     ]  # fmt: skip
     if keyword:
         cmd += ["-k", keyword]
     cmd += extra
-    what = "anyio's tests" if targets is None else f"{len(targets)} failed test(s) again, alone"
-    print(f"anyio-conformance: running {what} on {backend} (log: {log_path})", flush=True)
+    what = f"{spec.dist}'s tests" if targets is None else f"{len(targets)} failed test(s) again, alone"
+    print(f"{spec.label}: running {what} on {backend} (log: {log_path})", flush=True)
     start = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.run(cmd, cwd=suite, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
@@ -206,11 +254,9 @@ def run_suite(
     if proc.returncode not in (0, 1) or not report_path.exists():
         tail = log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-30:]
         print("\n".join(tail))
-        sys.exit(
-            f"anyio-conformance: pytest on {backend} exited with status {proc.returncode} (see {log_path})"
-        )
+        sys.exit(f"{spec.label}: pytest on {backend} exited with status {proc.returncode} (see {log_path})")
     data = json.loads(report_path.read_text(encoding="utf-8"))
-    return Report(backend, data["results"], seconds, log_path)
+    return Report(spec.label, backend, data["results"], seconds, log_path)
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,7 +287,7 @@ def _category(test_id: str) -> str:
     return "streams over sockets"
 
 
-def write_expected(entries: dict[str, str], path: Path = EXPECTED_FILE) -> None:
+def write_expected(entries: dict[str, str], path: Path) -> None:
     header = [
         "# anyio tests expected to fail on the anyio backend 'uring' (see run.py), one per line:",
         "#   <test id>  # <one-line reason>",
@@ -269,7 +315,8 @@ class Verdict:
 
 def judge(target: Report, reference: Report | None, expected: dict[str, str], filtered: bool) -> Verdict:
     verdict = Verdict()
-    reference_failures = reference.failed_keys() if reference is not None else set()
+    reference_failures = reference.keys("failed") if reference is not None else set()
+    reference_passes = reference.keys("passed") if reference is not None else set()
     for test_id, result in sorted(target.results.items()):
         if result["outcome"] == "failed":
             if test_id in expected:
@@ -278,6 +325,8 @@ def judge(target: Report, reference: Report | None, expected: dict[str, str], fi
                 verdict.environment.append(test_id)
             else:
                 verdict.unexpected.append(test_id)
+        elif result["outcome"] == "xfailed" and result["key"] in reference_passes:
+            verdict.unexpected.append(test_id)  # XPASS on the reference (a non-strict xfail)
         elif result["outcome"] == "passed" and test_id in expected:
             verdict.now_passing.append(test_id)
     if not filtered:
@@ -285,7 +334,9 @@ def judge(target: Report, reference: Report | None, expected: dict[str, str], fi
     return verdict
 
 
-def update_expected(expected: dict[str, str], verdict: Verdict, target: Report) -> dict[str, str]:
+def update_expected(
+    expected: dict[str, str], verdict: Verdict, target: Report, path: Path = EXPECTED_FILE
+) -> dict[str, str]:
     """Rewrite the expected-failures file from this run; return the new entries.
 
     Added: unexpected failures whose error is the backend's own "sockets are not yet
@@ -300,9 +351,9 @@ def update_expected(expected: dict[str, str], verdict: Verdict, target: Report) 
         if what:
             updated[test_id] = f"{_category(test_id)}: needs {what}"
             added.append(test_id)
-    write_expected(updated)
+    write_expected(updated, path)
     removed = len(expected) + len(added) - len(updated)
-    print(f"anyio-conformance: {EXPECTED_FILE.name}: {len(added)} added, {removed} removed")
+    print(f"{target.label}: {path.name}: {len(added)} added, {removed} removed")
     verdict.unexpected = [t for t in verdict.unexpected if t not in updated]
     verdict.expected += added
     verdict.now_passing = []
@@ -310,9 +361,9 @@ def update_expected(expected: dict[str, str], verdict: Verdict, target: Report) 
     return updated
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, spec: SuiteSpec = ANYIO, description: str | None = __doc__) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--backend", choices=("uring", "trio"), default="uring", help="backend under test")
     parser.add_argument(
@@ -322,38 +373,41 @@ def main(argv: list[str] | None = None) -> int:
         help="backend run first for comparison (default: trio when testing uring)",
     )
     parser.add_argument("-k", "--k", dest="keyword", help="only run tests matching this pytest -k expression")
-    parser.add_argument(
-        "--update-expected",
-        action="store_true",
-        help="add unexpected socket-only failures to expected-failures.txt and drop entries that pass",
-    )
+    if spec.expected_file is not None:
+        parser.add_argument(
+            "--update-expected",
+            action="store_true",
+            help=f"add unexpected socket-only failures to {spec.expected_file.name}, drop entries that pass",
+        )
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
     reference_backend = args.reference or ("trio" if args.backend == "uring" else "none")
     if reference_backend == args.backend:
         reference_backend = "none"
 
-    check_requirements()
-    anyio = anyio_version()
-    suite = fetch_suite(anyio)
-    print(f"anyio-conformance: anyio {anyio} test suite ({suite})", flush=True)
-    expected = read_expected() if args.backend == "uring" else {}
+    check_requirements(spec)
+    release = installed_version(spec)
+    suite = fetch_suite(spec, release)
+    print(f"{spec.label}: {spec.dist} {release} test suite ({suite})", flush=True)
+    expected = {}
+    if spec.expected_file is not None and args.backend == "uring":
+        expected = read_expected(spec.expected_file)
 
-    run_dir = new_run_dir()
+    run_dir = new_run_dir(spec)
     reference = None
     if reference_backend != "none":
-        reference = run_suite(suite, run_dir, reference_backend, args.keyword, args.pytest_args)
-    target = run_suite(suite, run_dir, args.backend, args.keyword, args.pytest_args)
+        reference = run_suite(spec, suite, run_dir, reference_backend, args.keyword, args.pytest_args)
+    target = run_suite(spec, suite, run_dir, args.backend, args.keyword, args.pytest_args)
     filtered = bool(args.keyword or args.pytest_args)
     verdict = judge(target, reference, expected, filtered)
 
-    if args.update_expected:
-        expected = update_expected(expected, verdict, target)
+    if spec.expected_file is not None and args.update_expected:
+        expected = update_expected(expected, verdict, target, spec.expected_file)
     if verdict.unexpected:
         # anyio's suite has tests with tight wall-clock limits (pytester subprocesses given 3 s):
         # on a loaded machine they can time out.  Run the unexpected failures once more, alone;
         # a test that passes then is reported as flaky (with its first failure), not a failure.
-        rerun = run_suite(suite, run_dir, args.backend, None, [], targets=verdict.unexpected)
+        rerun = run_suite(spec, suite, run_dir, args.backend, None, [], targets=verdict.unexpected)
         verdict.flaky = [t for t in verdict.unexpected if rerun.results.get(t, {}).get("outcome") == "passed"]
         verdict.unexpected = [t for t in verdict.unexpected if t not in verdict.flaky]
 
@@ -369,19 +423,22 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"\n      {result.get('when', '')}: {message}" if detail and message else "")
             )
 
-    show("UNEXPECTED failures", verdict.unexpected)
+    show("UNEXPECTED failures (or xfails of tests that pass on the reference)", verdict.unexpected)
     show("flaky: failed, then passed when re-run alone", verdict.flaky)
     show(
         "expected failures that PASS now (remove them from expected-failures.txt)", verdict.now_passing, False
     )
     show("entries of expected-failures.txt that were not run (stale ids?)", verdict.missing, False)
     show(f"failing on {reference_backend} too (environment)", verdict.environment)
-    if args.backend == "uring":
+    if spec.expected_file is not None and args.backend == "uring":
         listed = len(expected)
         print(f"\nexpected failures (documented limitations): {len(verdict.expected)} of {listed} listed")
     for report in (reference, target):
         if report is not None:
-            print(f"{report.backend}: {report.seconds:.0f} s, log {report.log}")
+            print(
+                f"{report.backend}: {report.seconds:.0f} s, {report.on_backend()} of {len(report.results)} "
+                f"tests parametrized with anyio_backend={report.backend!r}, log {report.log}"
+            )
     print("verdict: " + ("OK" if verdict.ok else "FAILED"))
     if reference is not None:
         print(reference.summary())
