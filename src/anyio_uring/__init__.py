@@ -6,6 +6,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from ._compat import CompatWarning
 from ._core import (
     Abort,
     Cancelled,
@@ -17,7 +18,6 @@ from ._core import (
     checkpoint_if_cancelled,
     current_task,
     current_time,
-    run,
     sleep,
     sleep_forever,
     sleep_until,
@@ -34,7 +34,9 @@ from ._core._cancel import (
     wait_operation,
 )
 from ._core._taskgroup import Nursery, TaskStatus, open_nursery
+from ._entry import run
 from ._errors import ForkedRingError, IoUringUnavailableError, RingClosedError, UringInternalError
+from ._fallback import IoUringFallbackWarning
 from ._registration import register
 from ._ring import RingOptions
 from ._version import __version__
@@ -43,7 +45,9 @@ __all__ = [
     "Abort",
     "CancelScope",
     "Cancelled",
+    "CompatWarning",
     "ForkedRingError",
+    "IoUringFallbackWarning",
     "IoUringUnavailableError",
     "MockClock",
     "Nursery",

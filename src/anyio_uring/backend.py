@@ -95,6 +95,9 @@ from ._anyio._sync import CapacityLimiter, Event, Lock, Semaphore, default_threa
 from ._anyio._tasks import CancelScope, TaskGroup, UringTaskInfo
 from ._anyio._testing import TestRunner
 from ._anyio._threads import is_finished, runner_from_token
+from ._compat import compat_disabled
+from ._errors import IoUringUnavailableError
+from ._fallback import blocked, run_on_trio, trio_test_runner
 
 __all__ = ["BACKEND_NAME", "CancelScope", "TaskGroup", "UringBackend", "backend_class"]
 
@@ -130,7 +133,12 @@ class UringBackend(anyio.abc.AsyncBackend):
         settings = RunSettings.parse(options)
         with settings.debugging():
             runner = settings.new_runner()
-            return runner.run_and_close(coroutine_function(func), *args, name=callable_name(func))
+            if isinstance(runner, IoUringUnavailableError):
+                if not settings.falls_back(runner):
+                    raise runner
+                return run_on_trio(func, args, runner, settings.clock)
+            with compat_disabled(not settings.compat):
+                return runner.run_and_close(coroutine_function(func), *args, name=callable_name(func))
 
     @classmethod
     def current_token(cls) -> object:
@@ -397,6 +405,10 @@ class UringBackend(anyio.abc.AsyncBackend):
 
     @classmethod
     def create_test_runner(cls, options: dict[str, Any]) -> anyio.abc.TestRunner:
+        settings = RunSettings.parse(options)
+        exc = blocked()
+        if exc is not None and settings.falls_back(exc):
+            return trio_test_runner(exc, settings.clock)
         return TestRunner(**options)
 
     # -- sockets ------------------------------------------------------------------------------

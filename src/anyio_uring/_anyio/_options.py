@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from .. import _entry, _fallback
 from .._core import Clock, Runner
+from .._errors import IoUringUnavailableError
 from .._net import NetConfig
 from .._net import configure as configure_net
 from .._net._pool import DEFAULT_POOL_LIMIT
@@ -43,6 +45,8 @@ OPTIONS = (
     "debug",
     "socket_receive",
     "receive_pool_limit",
+    "compat",
+    "fallback",
 )
 
 
@@ -55,6 +59,8 @@ class RunSettings:
     install_signal_handlers: bool = True
     debug: bool = False
     net: NetConfig = field(default_factory=NetConfig)
+    compat: bool = True
+    fallback: bool | None = None  # None: ask the environment (see _fallback.py)
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> RunSettings:
@@ -88,23 +94,30 @@ class RunSettings:
             ring_options = replace(base, disable=base.disable | names)
         install = options.get("install_signal_handlers", True)
         debug = options.get("debug", False)
-        for name, value in (("install_signal_handlers", install), ("debug", debug)):
+        compat = options.get("compat", True)
+        fallback = options.get("fallback")
+        for name, value in (("install_signal_handlers", install), ("debug", debug), ("compat", compat)):
             if not isinstance(value, bool):
                 raise TypeError(f"backend option {name!r} must be a bool, not {value!r}")
+        if fallback is not None and not isinstance(fallback, bool):
+            raise TypeError(f"backend option 'fallback' must be a bool or None, not {fallback!r}")
         net = NetConfig(
             options.get("socket_receive", "auto"),
             options.get("receive_pool_limit", DEFAULT_POOL_LIMIT),
         )
-        return cls(cast("Clock | None", clock), ring_options, install, debug, net)
+        return cls(cast("Clock | None", clock), ring_options, install, debug, net, compat, fallback)
 
-    def new_runner(self) -> Runner:
-        runner = Runner(
-            clock=self.clock,
-            ring_options=self.ring_options,
-            install_signal_handlers=self.install_signal_handlers,
-        )
-        configure_net(runner, self.net)
+    def new_runner(self) -> Runner | IoUringUnavailableError:
+        """The runner these settings describe, or the error that kept io_uring from being set up
+        (the caller raises it or falls back: :meth:`falls_back`)."""
+        runner = _entry.new_runner(self.clock, self.ring_options, self.install_signal_handlers)
+        if not isinstance(runner, IoUringUnavailableError):
+            configure_net(runner, self.net)
         return runner
+
+    def falls_back(self, exc: IoUringUnavailableError) -> bool:
+        """Whether the run that got ``exc`` from :meth:`new_runner` goes on on trio."""
+        return _fallback.falls_back(exc, self.fallback)
 
     @contextmanager
     def debugging(self) -> Iterator[None]:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.abc
 
+from .._compat import compat_disabled
 from .._core import Runner, Task, _sync, current_runner
+from .._errors import IoUringUnavailableError
 from ._options import RunSettings
 
 if TYPE_CHECKING:
@@ -59,7 +61,10 @@ class TestRunner(anyio.abc.TestRunner):
         self._host: Task | None = None
 
     def __enter__(self) -> Self:
-        self._runner = self._settings.new_runner()
+        runner = self._settings.new_runner()
+        if isinstance(runner, IoUringUnavailableError):
+            raise runner  # the plugin asked the backend first (create_test_runner falls back)
+        self._runner = runner
         return self
 
     def __exit__(
@@ -108,7 +113,7 @@ class TestRunner(anyio.abc.TestRunner):
         runner = self._runner
         if runner is None:
             raise RuntimeError("the anyio_uring test runner is not open (use it as a context manager)")
-        with self._settings.debugging():
+        with self._settings.debugging(), compat_disabled(not self._settings.compat):
             result: T = runner.run(self._submit, func, args, kwargs, name="anyio_uring test call")
         return result
 

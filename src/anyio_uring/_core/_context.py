@@ -30,6 +30,19 @@ class Cancelled(BaseException):
 class _RunContext(threading.local):
     runner: Runner | None = None
     task: Task | None = None
+    #: Set while this thread runs trio's loop because io_uring is blocked (``_fallback.py``):
+    #: the cause, for the error the runtime's own API raises there.
+    fallback: str | None = None
+
+
+def _no_loop(what: str) -> RuntimeError:
+    if GLOBAL.fallback is not None:
+        return RuntimeError(
+            f"{what}: this thread runs trio's loop, the fallback for a blocked io_uring "
+            f"({GLOBAL.fallback}); the runtime's own API drives the ring -- use anyio's API (or "
+            "trio's), which works on the fallback too"
+        )
+    return RuntimeError(what)
 
 
 GLOBAL = _RunContext()
@@ -38,14 +51,14 @@ GLOBAL = _RunContext()
 def current_runner() -> Runner:
     runner = GLOBAL.runner
     if runner is None:
-        raise RuntimeError("must be called from inside anyio_uring.run() (no loop runs in this thread)")
+        raise _no_loop("must be called from inside anyio_uring.run() (no loop runs in this thread)")
     return runner
 
 
 def current_task() -> Task:
     task = GLOBAL.task
     if task is None:
-        raise RuntimeError("must be called from async context inside anyio_uring.run()")
+        raise _no_loop("must be called from async context inside anyio_uring.run()")
     return task
 
 
