@@ -285,15 +285,12 @@ def profile(backend: str, conns: int, p: Params, top: int = 30) -> None:
     with tempfile.TemporaryDirectory(prefix="httpbench-prof-") as tmp:
         out = os.path.join(tmp, "server.prof")
         with server_process(server_cmd(backend, ["-m", "cProfile", "-o", out])) as (_, port):
-            if p.warmup > 0:
-                run_wrk(port, conns, p.warmup, "/")
+            warm = run_wrk(port, conns, p.warmup, "/") if p.warmup > 0 else {"requests": 0}
             result = run_wrk(port, conns, p.duration, "/")
         stats = pstats.Stats(out)
-    # every request of the profile's lifetime: the warm-up's too
-    requests = result.get("requests", 0)
-    warm = [k for k in stats.stats if k[2] == "_handle_request"]  # type: ignore[attr-defined]
-    if warm:
-        requests = stats.stats[warm[0]][1]  # type: ignore[attr-defined]
+    # every request of the profile's lifetime, the warm-up's too (a coroutine's "calls" in
+    # cProfile are its resumptions, so no function's call count is the request count)
+    requests = int(result.get("requests", 0) + warm.get("requests", 0))
     print(f"{backend}: cProfile of the server under wrk -t1 -c{conns}, {requests:,} requests profiled")
     print(f"(rate under the profiler {result['rate']:,.0f} req/s; times are per request)\n")
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
