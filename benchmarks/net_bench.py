@@ -48,18 +48,13 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import gc
-import importlib.metadata
 import json
 import os
-import platform
 import resource
-import selectors
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -70,9 +65,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import anyio
 from anyio.abc import SocketAttribute, SocketStream
-from anyio_bench import BACKENDS  # the backend table; puts src/ on sys.path
-
-import anyio_uring
+from bench_common import (  # the shared driver; puts src/ on sys.path
+    BACKENDS,
+    Failure,
+    Workload,
+    print_errors,
+    print_table,
+    raise_nofile_limit,
+    run_interleaved,
+    server_process,
+    single,
+    versions,
+    write_json,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 KiB = 1024
@@ -306,69 +311,26 @@ async def serve_echo() -> None:
         await listener.serve(echo_handler)
 
 
-class Failure(Exception):
-    """A failure reported by another process: ``kind`` names it in the table."""
-
-    def __init__(self, kind: str, text: str) -> None:
-        super().__init__(text)
-        self.kind = kind
-
-
-def last_line(path: Path) -> str:
-    lines = path.read_text(errors="replace").strip().splitlines()
-    return lines[-1] if lines else ""
-
-
 def bench_echo(backend: str, p: Params, conns: int, size: int) -> dict[str, Any]:
     loadgen = build_loadgen()
     warmup = min(0.5, p.duration / 2)
-    with tempfile.NamedTemporaryFile("w+", prefix="netbench-server-", suffix=".err") as err:
-        server = subprocess.Popen(
-            [sys.executable, __file__, "--serve", backend], stdout=subprocess.PIPE, stderr=err, text=True
+    with server_process([sys.executable, __file__, "--serve", backend]) as (_, port):
+        cmd = [str(loadgen), "-p", str(port), "-c", str(conns), "-m", str(size)]
+        cmd += ["-d", str(p.duration), "-w", str(warmup)] + (["-k"] if p.check else [])
+        out = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=p.duration + warmup + 60
         )
-        try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(server.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-                line = server.stdout.readline() if sel.select(60) else ""  # type: ignore[union-attr]
-            if not line.strip().isdigit():
-                server.wait(5)
-                text = last_line(Path(err.name)) or "no port printed"
-                kind = text.split(":")[0] if text.split(":")[0].isidentifier() else "server"
-                raise Failure(kind, f"server: {text}")
-            cmd = [str(loadgen), "-p", line.strip(), "-c", str(conns), "-m", str(size)]
-            cmd += ["-d", str(p.duration), "-w", str(warmup)] + (["-k"] if p.check else [])
-            out = subprocess.run(
-                cmd, check=False, capture_output=True, text=True, timeout=p.duration + warmup + 60
-            )
-            lines = out.stdout.strip().splitlines()
-            result = json.loads(lines[-1]) if lines else {"error": f"no output, {out.stderr.strip()}"}
-            if server.poll() is not None:
-                raise Failure(
-                    "server exited", f"server exited ({server.returncode}): {last_line(Path(err.name))}"
-                )
-            if "error" in result:
-                raise Failure("loadgen", f"loadgen: {result['error']}")
-        finally:
-            if server.poll() is None:
-                server.terminate()
-                try:
-                    server.wait(5)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+        lines = out.stdout.strip().splitlines()
+        result: dict[str, Any] = (
+            json.loads(lines[-1]) if lines else {"error": f"no output, {out.stderr.strip()}"}
+        )
+        if "error" in result:
+            raise Failure("loadgen", f"loadgen: {result['error']}")
     result["value"] = result["rate"]
     return result
 
 
 # ============================================================================ workloads
-
-
-@dataclass(frozen=True)
-class Workload:
-    unit: str
-    fn: Callable[[str, Params], dict[str, Any]]  # runs in the --single process
-    less_is_better: bool = False
-    timeout: float = 60.0  # seconds beyond --duration before the driver gives up
 
 
 def in_process(
@@ -400,117 +362,6 @@ for _conns in (1, 64, 500):
 WORKLOADS["idle"] = Workload("KiB/conn", in_process(bench_idle), less_is_better=True, timeout=600)
 
 
-def raise_nofile_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def short_reason(exc: BaseException) -> tuple[str, str]:
-    """The first leaf of an exception group: (type name, 'Type: message' cut to 160 characters)."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    name = exc.kind if isinstance(exc, Failure) else type(exc).__name__
-    text = str(exc) if isinstance(exc, Failure) else f"{name}: {exc}".strip().rstrip(":")
-    return name, text if len(text) <= 160 else text[:159] + "…"
-
-
-def single(spec: str) -> None:
-    """``--single``: one measurement; one JSON line on stdout (``error`` on failure, exit 1)."""
-    backend, workload, *rest = spec.split(":", 2)
-    raise_nofile_limit()
-    try:
-        result = WORKLOADS[workload].fn(backend, Params.decode(rest[0] if rest else ""))
-    except BaseException as exc:  # reported to the driver, which goes on
-        traceback.print_exc()
-        kind, text = short_reason(exc)
-        print(json.dumps({"error": text, "error_type": kind}), flush=True)
-        sys.exit(1)
-    print(json.dumps(result), flush=True)
-
-
-def measure(backend: str, workload: str, p: Params) -> dict[str, Any]:
-    """One ``--single`` subprocess; its JSON line, or ``error``."""
-    cmd = [sys.executable, __file__, "--single", f"{backend}:{workload}:{p.encode()}"]
-    timeout = 3 * p.duration + WORKLOADS[workload].timeout
-    try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s", "error_type": "timeout"}
-    lines = proc.stdout.strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        err = proc.stderr.strip().splitlines()
-        text = err[-1] if err else f"exit status {proc.returncode}"
-        return {"error": text[:160], "error_type": f"exit status {proc.returncode}"}
-    if proc.returncode and "error" not in result:
-        return {"error": f"exit status {proc.returncode}", "error_type": f"exit status {proc.returncode}"}
-    return result
-
-
-# ============================================================================ driver
-
-
-def versions() -> str:
-    system = f"Linux {platform.release()}, {os.cpu_count()} CPUs"
-    names = [f"anyio {importlib.metadata.version('anyio')}", f"anyio_uring {anyio_uring.__version__}"]
-    for dist in ("uvloop", "trio"):
-        try:
-            names.append(f"{dist} {importlib.metadata.version(dist)}")
-        except importlib.metadata.PackageNotFoundError:
-            names.append(f"{dist} absent")
-    return f"Python {platform.python_version()}, {system}; " + ", ".join(names)
-
-
-def print_table(
-    workloads: list[str],
-    backends: list[str],
-    results: dict[tuple[str, str], list[dict[str, Any]]],
-    failed: dict[tuple[str, str], dict[str, Any]],
-) -> None:
-    rows = [["workload", "unit", *backends, "uring vs best peer"]]
-    for w in workloads:
-        spec = WORKLOADS[w]
-        medians = {
-            b: statistics.median(r["value"] for r in results[(w, b)]) for b in backends if results[(w, b)]
-        }
-        row = [w, spec.unit]
-        for b in backends:
-            if (w, b) in failed:
-                row.append(f"error: {failed[(w, b)]['error_type']}")
-            elif b in medians:
-                row.append(f"{medians[b]:,.1f}" if spec.less_is_better else f"{medians[b]:,.0f}")
-            else:
-                row.append("-")
-        peers = [v for b, v in medians.items() if b != "uring"]
-        if "uring" in medians and peers:
-            ratio = min(peers) / medians["uring"] if spec.less_is_better else medians["uring"] / max(peers)
-            row.append(f"{ratio:.2f}x")
-        else:
-            row.append("-")
-        rows.append(row)
-    widths = [max(len(cells[i]) for cells in rows) for i in range(len(rows[0]))]
-    print()
-    for i, cells in enumerate(rows):
-        print(
-            "  ".join(
-                c.ljust(wd) if j < 2 else c.rjust(wd)
-                for j, (c, wd) in enumerate(zip(cells, widths, strict=True))
-            )
-        )
-        if i == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
-
-
-def print_errors(failed: dict[tuple[str, str], dict[str, Any]]) -> None:
-    errors: dict[tuple[str, str], list[str]] = {}
-    for (w, b), result in failed.items():
-        errors.setdefault((b, result["error"]), []).append(w)
-    for (b, text), ws in errors.items():
-        print(f"error on {b} ({', '.join(ws)}): {text}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -526,7 +377,7 @@ def main() -> None:
     parser.add_argument("--serve", default="", metavar="BACKEND", help="run the echo server; print its port")
     args = parser.parse_args()
     if args.single:
-        single(args.single)
+        single(WORKLOADS, args.single, Params.decode)
         return
     if args.serve:
         raise_nofile_limit()
@@ -551,46 +402,12 @@ def main() -> None:
     print(versions())
     if args.check:
         print("--check: every echoed byte is compared (slower; not a benchmark)")
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {(w, b): [] for w in workloads for b in backends}
-    failed: dict[tuple[str, str], dict[str, Any]] = {}
-    t_start = time.perf_counter()
-    for rep in range(args.reps):
-        for workload in workloads:
-            for backend in backends:
-                if (workload, backend) in failed:
-                    continue
-                result = measure(backend, workload, params)
-                if "error" in result:
-                    failed[(workload, backend)] = result
-                else:
-                    results[(workload, backend)].append(result)
-        elapsed = time.perf_counter() - t_start
-        print(f"  repetition {rep + 1}/{args.reps} done ({elapsed:.0f} s)", file=sys.stderr, flush=True)
-
+    results, failed = run_interleaved(__file__, WORKLOADS, workloads, backends, params, args.reps)
     if args.json:
-        with open(args.json, "w") as out:
-            json.dump(
-                {
-                    "versions": versions(),
-                    "params": {"reps": args.reps, **params.__dict__},
-                    "results": [
-                        {
-                            "workload": w,
-                            "backend": b,
-                            "unit": WORKLOADS[w].unit,
-                            "values": [r["value"] for r in results[(w, b)]],
-                            "samples": results[(w, b)],
-                            "error": failed.get((w, b), {}).get("error"),
-                        }
-                        for w in workloads
-                        for b in backends
-                    ],
-                },
-                out,
-                indent=1,
-            )
+        params_json = {"reps": args.reps, **params.__dict__}
+        write_json(args.json, WORKLOADS, workloads, backends, results, failed, params_json)
 
-    print_table(workloads, backends, results, failed)
+    print_table(WORKLOADS, workloads, backends, results, failed)
     print(f"\nmedians of {args.reps} runs of {args.duration:g} s; rt/s: round trips per second;")
     print("idle: KiB of RSS per connection (both ends; less is better); ratio > 1: uring is better")
     print_errors(failed)
