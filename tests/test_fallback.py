@@ -139,6 +139,18 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in ("ANYIO_URING_DISABLE", "ANYIO_URING_FALLBACK")}
 
 
+def _python(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python *args`` with the test's environment (plus ``env``), output captured."""
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**_env(), **env},
+        check=False,
+    )
+
+
 def _check(results: dict[str, Any], err: int, cause_words: list[str]) -> None:
     for entry in ("anyio.run", "anyio.run again", "anyio_uring.run", "portal"):
         work = results[entry]
@@ -172,14 +184,7 @@ def _check(results: dict[str, Any], err: int, cause_words: list[str]) -> None:
     ids=["seccomp-EPERM", "seccomp-ENOSYS"],
 )
 def test_fallback_under_seccomp(err: int, words: list[str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", SECCOMP, str(err), "exec", str(AUDIT_ARCH), "-c", PROGRAM],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=_env(),
-        check=False,
-    )
+    proc = _python("-c", SECCOMP, str(err), "exec", str(AUDIT_ARCH), "-c", PROGRAM, timeout=300)
     assert proc.returncode == 0, proc.stderr
     _check(json.loads(proc.stdout), err, words)
 
@@ -205,14 +210,7 @@ def test_fallback_under_io_uring_disabled_sysctl() -> None:
     """The real sysctl, machine-wide for the seconds this takes: rings that exist keep working,
     new ones fail with EPERM (so run nothing else that creates rings meanwhile)."""
     with _io_uring_disabled("2"):
-        proc = subprocess.run(
-            [sys.executable, "-c", PROGRAM],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=_env(),
-            check=False,
-        )
+        proc = _python("-c", PROGRAM, timeout=300)
     assert proc.returncode == 0, proc.stderr
     _check(json.loads(proc.stdout), errno.EPERM, ["EPERM", "kernel.io_uring_disabled=2"])
 
@@ -239,27 +237,23 @@ def test_resource_errors_do_not_fall_back() -> None:
             print(exc.errno)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-        check=False,
-    )
+    proc = _python("-W", "error", "-c", code, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(errno.EMFILE)
 
 
 def test_bad_environment_value_is_an_error() -> None:
     code = "import anyio\nasync def main(): pass\nanyio.run(main, backend='uring')"
-    proc = subprocess.run(
-        [sys.executable, "-c", SECCOMP, str(errno.EPERM), "exec", str(AUDIT_ARCH), "-c", code],
-        capture_output=True,
-        text=True,
+    proc = _python(
+        "-c",
+        SECCOMP,
+        str(errno.EPERM),
+        "exec",
+        str(AUDIT_ARCH),
+        "-c",
+        code,
         timeout=60,
-        env=dict(_env(), ANYIO_URING_FALLBACK="maybe"),
-        check=False,
+        ANYIO_URING_FALLBACK="maybe",
     )
     assert proc.returncode == 1
     assert "ANYIO_URING_FALLBACK='maybe' is not understood" in proc.stderr
