@@ -209,7 +209,6 @@ class Operation:
     """
 
     __slots__ = (
-        "__weakref__",
         "_pins",
         "_state",
         "buffers",
