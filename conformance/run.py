@@ -85,6 +85,9 @@ class SuiteSpec:
     pytest_args: tuple[str, ...] = ()
     #: Documented failures on uring (see ``read_expected``); None: the suite has none.
     expected_file: Path | None = None
+    #: pytest options for every pytest process of a run, the ones pytester starts too
+    #: (``PYTEST_ADDOPTS``): plugins the suite does not use, which only slow each start down.
+    addopts: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -97,6 +100,9 @@ ANYIO = SuiteSpec(
     requirements=ANYIO_TEST_REQUIREMENTS,
     pytest_args=("-m", "not network"),
     expected_file=EXPECTED_FILE,
+    # pytest-httpbin (a test extra, for httpcore's suite) imports Flask at every start; anyio's
+    # pytester tests give their pytest subprocesses 3 s.
+    addopts=("-p", "no:httpbin"),
 )
 
 
@@ -231,6 +237,12 @@ def run_suite(
     env["ANYIO_CONFORMANCE_BACKEND"] = backend
     env["ANYIO_CONFORMANCE_REPORT"] = str(report_path)
     env["ANYIO_CONFORMANCE_LABEL"] = spec.label
+    if spec.addopts:
+        env["PYTEST_ADDOPTS"] = " ".join(p for p in (env.get("PYTEST_ADDOPTS"), *spec.addopts) if p)
+    # pytest rewrites the asserts of every plugin's distribution (all of hypothesis) and caches
+    # the result as bytecode; with PYTHONDONTWRITEBYTECODE set it redoes that at every start
+    # (~2 s here), which the suites' pytester tests (3 s timeouts) cannot afford.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if backend == "uring":
         plugins = [p for p in env.get("PYTEST_PLUGINS", "").split(",") if p]
         env["PYTEST_PLUGINS"] = ",".join([*plugins, "anyio_uring_conformance_backends"])

@@ -425,6 +425,80 @@ def test_close_wakes_a_blocked_send_small_sndbuf(mode: dict[str, str], kind: str
     _blocked_send_closed(mode, kind, settle, sndbuf=4096)
 
 
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+@pytest.mark.parametrize("mode", RING_MODES.values(), ids=RING_MODES.keys())
+def test_close_wakes_a_receive_and_a_send_waiting_at_once(mode: dict[str, str], kind: str) -> None:
+    """Two tasks parked on one stream (a receive with nothing to read, a send the peer does not
+    read): aclose() ends both with ClosedResourceError and waits for both final CQEs (the
+    second waiter is the resource's overflow record, not its single slot)."""
+
+    async def main() -> None:
+        a, b = await stream_pair(kind)
+        inflight0 = inflight()
+        outcomes: list[BaseException | None] = []
+
+        async def park(call: Any) -> None:
+            try:
+                await call()
+            except BaseException as exc:
+                outcomes.append(exc)
+                if not isinstance(exc, anyio.ClosedResourceError):
+                    raise
+            else:
+                outcomes.append(None)
+
+        async with b:
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(park, a.receive)
+                    tg.start_soon(park, lambda: a.send(bytes(64 << 20)))
+                    while len(a._inflight) < 2:  # type: ignore[attr-defined]
+                        await anyio.sleep(0.005)
+                    await a.aclose()
+        assert len(outcomes) == 2
+        assert all(isinstance(exc, anyio.ClosedResourceError) for exc in outcomes), outcomes
+        assert len(a._inflight) == 0  # type: ignore[attr-defined]
+        assert inflight() == inflight0, current_runner().ring.ledger()
+
+    run(main, **mode)
+
+
+def test_inflight_wait_records_only_while_parked() -> None:
+    """``InFlight.wait`` records its operation only while the task is parked on it, with the
+    waiter as both the operation's callback and the task's abort callback, and lets go when the
+    coroutine awaiting it is closed while parked (a task that is torn down)."""
+    from anyio_uring._core._cancel import InFlight, end_and_reap
+
+    async def main() -> None:
+        ring = current_runner().ring
+        left, right = socket.socketpair()
+        with left, right:
+            record = InFlight()
+            op = ring.poll_add(left.fileno(), 1)  # POLLIN: nothing will arrive
+
+            async def await_it() -> int:
+                return int(await record.wait(op))
+
+            coro = await_it()
+            assert len(record) == 0, "recorded before it was awaited"
+            assert op.callback is None
+            trap = coro.send(None)  # parks: yields the waiter, the runner's abort callback
+            assert len(record) == 1
+            assert op.callback is trap
+            coro.close()  # GeneratorExit at the park: the wait lets go
+            assert len(record) == 0
+            op.callback = None  # nobody waits any more: reap it the way a closer would
+            assert await end_and_reap(op) < 0
+
+            # and the normal path, with a result
+            op = ring.poll_add(left.fileno(), 1)
+            right.send(b"x")
+            assert await record.wait(op) & 1
+            assert len(record) == 0
+
+    run(main)
+
+
 @pytest.mark.parametrize(
     ("mode", "sndbuf"),
     [

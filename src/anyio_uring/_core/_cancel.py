@@ -680,7 +680,12 @@ class _OpWaiter:
 
 
 class _ClosableWaiter(_OpWaiter):
-    """A waiter whose operation the resource's closer may end (see :class:`InFlight`)."""
+    """A waiter whose operation the resource's closer may end (see :class:`InFlight`).
+
+    It is the operation's completion callback and the task's abort callback in one (``__call__``
+    tells them apart: the ring passes the operation, the runner a ``raise_cancel``), so a parked
+    wait keeps no bound method (memory per idle connection).
+    """
 
     __slots__ = ("ended",)
 
@@ -698,8 +703,11 @@ class _ClosableWaiter(_OpWaiter):
         self.ended = True
         end_operation(self._op)
 
-    # The waiter itself is the abort callback: no bound method per wait (memory per connection).
-    __call__ = _OpWaiter.abort
+    def __call__(self, arg: Any) -> Any:
+        if arg is self._op:  # op.callback: the final CQE
+            self.task._runner.reschedule(self.task, arg.result)
+            return None
+        return self.abort(arg)  # the runner's abort callback
 
 
 def end_operation(op: Operation) -> None:
@@ -793,25 +801,27 @@ class InFlight:
     tells the resource to translate that into ``ClosedResourceError`` or the like.
     """
 
-    __slots__ = ("_closers", "_waiters", "closing")
+    __slots__ = ("_closers", "_more", "_waiter", "closing")
 
     def __init__(self) -> None:
-        # Lists, not sets: a resource has one or two operations in flight, and an idle
-        # connection should cost as little memory as it can (an empty set is 216 bytes).
-        self._waiters: list[_ClosableWaiter] = []
+        # One slot, and a list only for more: a resource has one or two operations in flight
+        # (a receive, a send), and an idle connection should cost as little memory as it can.
+        self._waiter: _ClosableWaiter | None = None
+        self._more: list[_ClosableWaiter] | None = None
         self._closers: list[Task] | None = None  # made by end_all
-        #: True from :meth:`end_all` on.
+        #: True from :meth:`end` on.
         self.closing = False
 
     def __len__(self) -> int:
-        return len(self._waiters)
+        return (self._waiter is not None) + (len(self._more) if self._more else 0)
 
     @types.coroutine
     def wait(self, op: Operation) -> Generator[Any, Any, int]:
         """:func:`wait_operation`, with ``op`` recorded as in flight until its task lets go.
 
-        A generator-based coroutine that parks the task itself (no inner trap frame): an idle
-        connection's pending receive waits here, and every frame is memory per connection.
+        A generator-based coroutine that parks the task itself (no inner trap frame), with as
+        few locals as it can: an idle connection's pending receive waits here, and its frame is
+        memory per connection.
         """
         task = GLOBAL.task
         if task is None:
@@ -819,18 +829,20 @@ class InFlight:
         if op.callback is not None or op.done:
             return (yield from _not_parkable(op).__await__())
         waiter = _ClosableWaiter(task, op, self.closing)
-        op.callback = waiter.completed
-        waiters = self._waiters
-        waiters.append(waiter)
+        op.callback = waiter
+        if self._waiter is None:
+            self._waiter = waiter
+        else:
+            self._add_more(waiter)
         try:
-            result: int = yield waiter  # wait_task_rescheduled(waiter.abort), inlined
+            result: int = yield waiter  # wait_task_rescheduled(waiter), inlined
         finally:
-            waiters.remove(waiter)
-            closers = self._closers
-            if closers and not waiters:
-                for closer in closers:
-                    closer._runner.reschedule(closer)
-                closers.clear()
+            if self._waiter is waiter:
+                self._waiter = None
+                if self._closers:
+                    self._closed_one()
+            else:
+                self._remove_more(waiter)
         if (waiter.cancel_requested or waiter.ended) and result in CANCELLED_RESULTS:
             if waiter.cancel_requested:
                 assert waiter.raise_cancel is not None
@@ -838,18 +850,45 @@ class InFlight:
             return -errno.ECANCELED
         return result
 
+    def _waiters(self) -> list[_ClosableWaiter]:
+        waiters = [] if self._waiter is None else [self._waiter]
+        if self._more:
+            waiters.extend(self._more)
+        return waiters
+
+    def _add_more(self, waiter: _ClosableWaiter) -> None:
+        if self._more is None:
+            self._more = [waiter]
+        else:
+            self._more.append(waiter)
+
+    def _remove_more(self, waiter: _ClosableWaiter) -> None:
+        assert self._more is not None
+        self._more.remove(waiter)
+        if self._closers:
+            self._closed_one()
+
+    def _closed_one(self) -> None:
+        """A waiter let go while a closer waits: wake the closers once none is left."""
+        if self._waiter is None and not self._more:
+            closers = self._closers
+            assert closers is not None
+            for closer in closers:
+                closer._runner.reschedule(closer)
+            closers.clear()
+
     def end(self) -> None:
         """Mark the resource closing and end every operation in flight, without waiting (for
         synchronous callers such as ``notify_closing``; the fd must stay open until they finish)."""
         self.closing = True
-        for waiter in list(self._waiters):
+        for waiter in self._waiters():
             waiter.end()
 
     async def end_all(self) -> None:
         """:meth:`end`, then wait until every operation in flight has finished (shielded: a
         cancelled closer still waits, the memory rule demands it)."""
         self.end()
-        if not self._waiters:
+        if not len(self):
             return
         task = current_task()
         if self._closers is None:

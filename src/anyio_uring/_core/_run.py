@@ -136,6 +136,7 @@ class Task:
         "_parent_nursery",
         "_runner",
         "_send",
+        "_throw",
         "context",
         "coro",
         "id",
@@ -161,11 +162,14 @@ class Task:
         self.parent = parent
         self.id = next(_task_ids)
         self._parent_nursery = parent_nursery
-        self._child_nurseries: list[Any] = []
+        self._child_nurseries: list[Any] | None = None  # made by the first task group
         self._abort_fn: Callable[[RaiseCancel], Abort] | None = None
-        #: ``coro.send``, bound once: every resumption with a value uses it.
-        self._send: Callable[[Any], Any] = coro.send
-        self._next_fn: Callable[[Any], Any] = self._send
+        #: ``type(coro).send`` and ``.throw``, called as ``fn(coro, arg)``: the class's own
+        #: functions, shared by every task (a bound ``coro.send`` would be 72 bytes per task).
+        cls = type(coro)
+        self._send: Callable[[Any, Any], Any] = cls.send
+        self._throw: Callable[[Any, Any], Any] = cls.throw
+        self._next_fn: Callable[[Any, Any], Any] = self._send
         self._next_arg: Any = None
         self.outcome: Error | tuple[Any] | None = None
         self._cancel_status = cancel_status
@@ -183,7 +187,7 @@ class Task:
 
     @property
     def child_nurseries(self) -> list[Any]:
-        return list(self._child_nurseries)
+        return list(self._child_nurseries or ())
 
     @property
     def parked(self) -> bool:
@@ -314,7 +318,7 @@ class Runner:
         if task._abort_fn is None:
             raise UringInternalError(f"{task!r} rescheduled but it is not parked")
         task._abort_fn = None
-        task._next_fn = task.coro.throw
+        task._next_fn = task._throw
         task._next_arg = error.error
         self.runq.append(task)
 
@@ -542,7 +546,7 @@ class Runner:
                     arg = task._next_arg
                     task._next_arg = None
                     try:
-                        yielded = task.context.run(task._next_fn, arg)
+                        yielded = task.context.run(task._next_fn, task.coro, arg)
                     except StopIteration as stop:
                         g.task = None
                         self._task_exited(task, (stop.value,))
@@ -566,7 +570,7 @@ class Runner:
                             g.task = None
                             task._attempt_delivery_of_pending_ki()
                     else:
-                        task._next_fn = task.coro.throw
+                        task._next_fn = task._throw
                         task._next_arg = TypeError(
                             f"anyio_uring tasks cannot await {yielded!r}: it belongs to another "
                             "event loop (asyncio/trio) -- use anyio or anyio_uring primitives"

@@ -98,7 +98,10 @@ class Nursery:
         self._parent_waiting_in_aexit = False
         self._pending_starts = 0
         self._closed = False
-        parent_task._child_nurseries.append(self)
+        if parent_task._child_nurseries is None:
+            parent_task._child_nurseries = [self]
+        else:
+            parent_task._child_nurseries.append(self)
 
     def __repr__(self) -> str:
         return f"<Nursery children={len(self._children)} closed={self._closed}>"
@@ -152,7 +155,8 @@ class Nursery:
                 await cancel_shielded_checkpoint()
             except BaseException as exc:
                 self._add_exc(exc)
-        popped = self._parent_task._child_nurseries.pop()
+        stack = self._parent_task._child_nurseries
+        popped = stack.pop() if stack else None
         if popped is not self:
             raise UringInternalError("nursery stack corrupted")
         if self._pending_excs:
