@@ -366,32 +366,19 @@ def main() -> None:
         params_json = {"reps": args.reps, **params.__dict__}
         write_json(args.json, WORKLOADS, workloads, backends, results, failed, params_json, ("h11", "httpx"))
 
-    print("\nrequests per second (more is better):")
-    print_table(WORKLOADS, workloads, backends, results, failed, markdown=True)
-    print("\nCPU time per request, us (httpx-*: the whole process, client and server; wrk-*: the server):")
-    print_table(
-        WORKLOADS,
-        workloads,
-        backends,
-        results,
-        failed,
-        key="cpu_us_per_req",
-        unit="us/req",
-        less_is_better=True,
-        markdown=True,
-    )
-    print("\np99 latency under wrk, ms (wrk's --latency; the in-process rows have none):")
-    print_table(
-        WORKLOADS,
-        workloads,
-        backends,
-        results,
-        failed,
-        key="p99_ms",
-        unit="ms",
-        less_is_better=True,
-        markdown=True,
-    )
+    tables = [
+        ("requests per second (more is better)", "value", None),
+        ("CPU time per request, us (httpx-*: the whole process, client and server; wrk-*: the server)",
+         "cpu_us_per_req", "us/req"),
+        ("p99 latency under wrk, ms (wrk's --latency; the in-process rows have none)", "p99_ms", "ms"),
+    ]  # fmt: skip
+    for title, key, unit in tables:
+        print(f"\n{title}:")
+        less = None if unit is None else True  # None: the workloads' own direction (req/s)
+        print_table(
+            WORKLOADS, workloads, backends, results, failed,
+            key=key, unit=unit, less_is_better=less, markdown=True,
+        )  # fmt: skip
     print(f"\nmedians of {args.reps} runs of {args.duration:g} s after {args.warmup:g} s of warm-up;")
     print("ratio > 1: uring is better (for CPU per request: uses less)")
     print_errors(failed)

@@ -347,6 +347,19 @@ def test_five_thousand_waiting_receives(options: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+async def _record_outcome(call: Any, outcomes: list[BaseException | None]) -> None:
+    """Await ``call()``; append its exception (None if it returned) to ``outcomes``, and re-raise
+    anything but ClosedResourceError."""
+    try:
+        await call()
+    except BaseException as exc:
+        outcomes.append(exc)
+        if not isinstance(exc, anyio.ClosedResourceError):
+            raise
+    else:
+        outcomes.append(None)
+
+
 async def _close_under_waiter(resource: Any, wait: Any, settle: bool) -> None:
     """Start ``wait()`` in a task, then ``aclose()`` ``resource`` from here: the waiter must
     raise ClosedResourceError, the raw socket be closed and no operation stay in flight.
@@ -358,14 +371,7 @@ async def _close_under_waiter(resource: Any, wait: Any, settle: bool) -> None:
 
     async def waiter() -> None:
         started.set()
-        try:
-            await wait()
-        except BaseException as exc:
-            outcome.append(exc)
-            if not isinstance(exc, anyio.ClosedResourceError):
-                raise
-        else:
-            outcome.append(None)
+        await _record_outcome(wait, outcome)
 
     raw = resource.extra(anyio.abc.SocketAttribute.raw_socket)
     with anyio.fail_after(5):
@@ -437,21 +443,11 @@ def test_close_wakes_a_receive_and_a_send_waiting_at_once(mode: dict[str, str], 
         inflight0 = inflight()
         outcomes: list[BaseException | None] = []
 
-        async def park(call: Any) -> None:
-            try:
-                await call()
-            except BaseException as exc:
-                outcomes.append(exc)
-                if not isinstance(exc, anyio.ClosedResourceError):
-                    raise
-            else:
-                outcomes.append(None)
-
         async with b:
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(park, a.receive)
-                    tg.start_soon(park, lambda: a.send(bytes(64 << 20)))
+                    tg.start_soon(_record_outcome, a.receive, outcomes)
+                    tg.start_soon(_record_outcome, lambda: a.send(bytes(64 << 20)), outcomes)
                     while len(a._inflight) < 2:  # type: ignore[attr-defined]
                         await anyio.sleep(0.005)
                     await a.aclose()
