@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from support import env_without, run_captured
 from test_unavailable import AUDIT_ARCH, SECCOMP
 
 pytestmark = pytest.mark.skipif(AUDIT_ARCH is None, reason="no seccomp arch constant for this machine")
@@ -135,20 +136,10 @@ WORK = {
 }
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in ("ANYIO_URING_DISABLE", "ANYIO_URING_FALLBACK")}
-
-
 def _python(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
     """``python *args`` with the test's environment (plus ``env``), output captured."""
-    return subprocess.run(
-        [sys.executable, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**_env(), **env},
-        check=False,
-    )
+    base = env_without("ANYIO_URING_DISABLE", "ANYIO_URING_FALLBACK")
+    return run_captured([sys.executable, *args], timeout=timeout, env={**base, **env})
 
 
 def _check(results: dict[str, Any], err: int, cause_words: list[str]) -> None:

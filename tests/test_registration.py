@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from support import run_captured
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,14 +50,8 @@ class Env:
     def run(
         self, code: str, *args: str, check: bool = True, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [str(self.python), *args, "-c", textwrap.dedent(code)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=_clean_env(env),
-            cwd=self.root,
-            check=False,
+        proc = run_captured(
+            [str(self.python), *args, "-c", textwrap.dedent(code)], env=_clean_env(env), cwd=self.root
         )
         if check and proc.returncode != 0:
             pytest.fail(f"exit status {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -71,22 +67,9 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _pip(env_root: Path, *args: str) -> None:
-    proc = subprocess.run(
-        [
-            str(env_root / "bin" / "python"),
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_clean_env(),
-        check=False,
-    )
+    python = str(env_root / "bin" / "python")
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args]
+    proc = run_captured(pip, timeout=600, env=_clean_env())
     if proc.returncode != 0:
         pytest.fail(f"pip install {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
 
@@ -145,24 +128,8 @@ def test_pth_lands_in_site_packages(kind: str, request: pytest.FixtureRequest) -
 
 
 def test_wheel_contains_the_pth_and_the_hook(installed: Env, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            str(installed.python),
-            "-m",
-            "pip",
-            "wheel",
-            "--quiet",
-            "--no-deps",
-            "-w",
-            str(tmp_path),
-            str(installed.source),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_clean_env(),
-        check=False,
-    )
+    wheel = [str(installed.python), "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path)]
+    proc = run_captured([*wheel, str(installed.source)], timeout=600, env=_clean_env())
     assert proc.returncode == 0, proc.stderr
     (wheel,) = tmp_path.glob("anyio_uring-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -298,14 +265,10 @@ def test_anyio_pytest_plugin(installed: Env, tmp_path: Path) -> None:
             """
         )
     )
-    proc = subprocess.run(
+    proc = run_captured(
         [str(installed.python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
         env=_clean_env(),
         cwd=tmp_path,
-        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
@@ -314,13 +277,8 @@ def test_anyio_pytest_plugin(installed: Env, tmp_path: Path) -> None:
 def test_uninstall_removes_the_hook(tmp_path: Path, installed: Env) -> None:
     """Runs last in this module (it uninstalls from the session's venv)."""
     site = installed.site_packages
-    proc = subprocess.run(
-        [str(installed.python), "-m", "pip", "uninstall", "--yes", "--quiet", "anyio_uring"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_clean_env(),
-        check=False,
+    proc = run_captured(
+        [str(installed.python), "-m", "pip", "uninstall", "--yes", "--quiet", "anyio_uring"], env=_clean_env()
     )
     assert proc.returncode == 0, proc.stderr
     assert not (site / "anyio_uring.pth").exists()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from support import env_without, run_captured
 
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(platform.machine())
 
@@ -104,17 +105,12 @@ EXPECTED = {
 
 
 def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "ANYIO_URING_DISABLE"}
+    return env_without("ANYIO_URING_DISABLE")
 
 
 def run_seccomp(err: int, mode: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", SECCOMP, str(err), mode, str(AUDIT_ARCH), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-        check=False,
+    return run_captured(
+        [sys.executable, "-c", SECCOMP, str(err), mode, str(AUDIT_ARCH), *args], timeout=60, env=_env()
     )
 
 
@@ -155,22 +151,15 @@ def test_main_json_reports_unavailable() -> None:
 def test_seccomp_harness_control() -> None:
     """Control: the same harness with a filter that matches no architecture blocks nothing, so
     the failures above come from the filter's errno and not from the harness."""
-    proc = subprocess.run(
-        [sys.executable, "-c", SECCOMP, str(errno.EPERM), "main", str(0xDEAD)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_env(),
-        check=False,
+    proc = run_captured(
+        [sys.executable, "-c", SECCOMP, str(errno.EPERM), "main", str(0xDEAD)], timeout=60, env=_env()
     )
     assert proc.returncode == 0, proc.stderr
     assert "io_uring:     available" in proc.stdout
 
 
 def test_real_emfile() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", EMFILE], capture_output=True, text=True, timeout=60, env=_env(), check=False
-    )
+    proc = run_captured([sys.executable, "-c", EMFILE], timeout=60, env=_env())
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["type"] == "IoUringUnavailableError"
