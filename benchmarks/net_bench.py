@@ -1,6 +1,6 @@
 """Network benchmarks through anyio: the same anyio socket code on every backend.
 
-Usage: python benchmarks/net_bench.py [--reps 5] [--duration 2] [--only pingpong,echo-c64-*]
+Usage: python benchmarks/net_bench.py [--reps 5] [--duration 2] [--only pingpong,echo-c64-*] [--pin]
        [--backends asyncio,asyncio+uvloop,trio,uring] [--check] [--json results.json]
        python benchmarks/net_bench.py --single BACKEND:WORKLOAD[:duration=2,check=1,conns=9900]
        python benchmarks/net_bench.py --serve BACKEND   (the echo server alone; prints its port)
@@ -27,7 +27,9 @@ sets SO_REUSEADDR; ``anyio.connect_tcp``); set-up and connection establishment a
   (``--serve``) on the backend under test, driven by ``loadgen.c`` (epoll, one thread, C; built
   with gcc on first use and whenever the source is newer): N connections, closed-loop M-byte
   request/response for ``--duration`` s after a warm-up; round trips/s (p50/p99 latency in the
-  JSON).  Two processes on one machine: the load generator takes a CPU of its own.
+  JSON).  Two processes on one machine: the load generator takes a CPU of its own; ``--pin``
+  puts the server on CPU 0 and the load generator on CPU 1 (``taskset``), for steadier
+  one-connection rows.
 * ``idle``: ``conns`` (9,900) idle connections, both ends in one process (the soft
   RLIMIT_NOFILE is raised to the hard limit): the server has a task per connection blocked in
   ``await stream.receive()``, the client holds its streams.  VmRSS before opening them and once
@@ -51,6 +53,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,9 +95,10 @@ class Params:
     duration: float = 2.0
     check: bool = False
     conns: int = 9900  # idle
+    pin: bool = False  # echo-*: the server on CPU 0, the load generator on CPU 1
 
     def encode(self) -> str:
-        return f"duration={self.duration},check={int(self.check)},conns={self.conns}"
+        return f"duration={self.duration},check={int(self.check)},conns={self.conns},pin={int(self.pin)}"
 
     @classmethod
     def decode(cls, text: str) -> Params:
@@ -104,6 +108,7 @@ class Params:
             duration=float(kw.pop("duration", p.duration)),
             check=kw.pop("check", str(int(p.check))) not in ("0", ""),
             conns=int(kw.pop("conns", p.conns)),
+            pin=kw.pop("pin", str(int(p.pin))) not in ("0", ""),
             **kw,  # an unknown key: TypeError
         )
 
@@ -311,11 +316,25 @@ async def serve_echo() -> None:
         await listener.serve(echo_handler)
 
 
+def pinning(pin: bool) -> tuple[list[str], list[str]]:
+    """Command prefixes that put the server on CPU 0 and the load generator on CPU 1 (``taskset``),
+    or nothing: left alone, the scheduler may put both on one CPU and migrate them, which is
+    what makes the one-connection rows swing by several times between runs."""
+    if not pin:
+        return [], []
+    cpus = sorted(os.sched_getaffinity(0))
+    taskset = shutil.which("taskset")
+    if len(cpus) < 2 or taskset is None:
+        raise RuntimeError("--pin needs two CPUs and taskset (util-linux)")
+    return [taskset, "-c", str(cpus[0])], [taskset, "-c", str(cpus[1])]
+
+
 def bench_echo(backend: str, p: Params, conns: int, size: int) -> dict[str, Any]:
     loadgen = build_loadgen()
     warmup = min(0.5, p.duration / 2)
-    with server_process([sys.executable, __file__, "--serve", backend]) as (_, port):
-        cmd = [str(loadgen), "-p", str(port), "-c", str(conns), "-m", str(size)]
+    server_cpu, client_cpu = pinning(p.pin)
+    with server_process([*server_cpu, sys.executable, __file__, "--serve", backend]) as (_, port):
+        cmd = [*client_cpu, str(loadgen), "-p", str(port), "-c", str(conns), "-m", str(size)]
         cmd += ["-d", str(p.duration), "-w", str(warmup)] + (["-k"] if p.check else [])
         out = subprocess.run(
             cmd, check=False, capture_output=True, text=True, timeout=p.duration + warmup + 60
@@ -372,6 +391,7 @@ def main() -> None:
     parser.add_argument("--backends", default="", help="comma-separated (default: every installed one)")
     parser.add_argument("--conns", type=int, default=9900, help="idle connections (both ends in one process)")
     parser.add_argument("--check", action="store_true", help="compare echoed data with what was sent")
+    parser.add_argument("--pin", action="store_true", help="echo-*: server on CPU 0, loadgen on CPU 1")
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     parser.add_argument("--single", default="", help="BACKEND:WORKLOAD[:key=value,...] -- one measurement")
     parser.add_argument("--serve", default="", metavar="BACKEND", help="run the echo server; print its port")
@@ -395,7 +415,7 @@ def main() -> None:
         if b not in BACKENDS:
             parser.error(f"unknown backend {b!r}; backends: {', '.join(BACKENDS)}")
     backends = [b for b in wanted if BACKENDS[b] is not None]
-    params = Params(duration=args.duration, check=args.check, conns=args.conns)
+    params = Params(duration=args.duration, check=args.check, conns=args.conns, pin=args.pin)
     if any(w.startswith("echo-") for w in workloads):
         build_loadgen()
 
