@@ -281,6 +281,52 @@ def test_no_byte_lost_when_the_receive_pool_runs_dry(mode: dict[str, str]) -> No
     assert exhausted + grows > 0, "the pool never ran dry: the test did not exercise -ENOBUFS"
 
 
+def _bytes_likes(data: bytes) -> dict[str, Any]:
+    import array
+
+    words = array.array("I")
+    words.frombytes(data)  # len(data) % 4 == 0
+    return {
+        "bytes": data,
+        "bytearray": bytearray(data),
+        "memoryview": memoryview(data),
+        "slice": memoryview(b"x" + data + b"y")[1:-1],
+        "uint32 array": words,  # itemsize 4: sent as its bytes, len() counts items
+        "2-d": memoryview(data).cast("B", (2, len(data) // 2)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview", "slice", "uint32 array", "2-d"])
+@pytest.mark.parametrize("nbytes", [4096, 4 << 20], ids=["inline", "short-sends"])
+def test_send_takes_any_bytes_like(kind: str, nbytes: int) -> None:
+    """``send()`` sends every byte of any C-contiguous bytes-like object: at once when the socket
+    buffer takes it (the inline path, which skips the view for ``bytes``), and through ring SENDs
+    after a short inline send (4 MiB outgrows the loopback socket buffers)."""
+    data = counter_pattern(nbytes)
+    item = _bytes_likes(data)[kind]
+
+    async def main() -> bytes:
+        a, b = await tcp_pair()
+        got = bytearray()
+
+        async def reader() -> None:
+            async with b:
+                while True:
+                    try:
+                        got.extend(await b.receive())
+                    except anyio.EndOfStream:
+                        return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            async with a:
+                await a.send(item)
+        return bytes(got)
+
+    got = run(main)
+    assert got == data, first_difference(got, data)
+
+
 # ------------------------------------------------------------------------------------------
 # 3. thousands of idle connections
 # ------------------------------------------------------------------------------------------
@@ -808,6 +854,34 @@ def test_size_class_grows_under_bulk_and_shrinks_for_small_messages() -> None:
             assert size_pick(b._size, 1 << 30) == 0
 
     run(main, socket_receive="select")
+
+
+def test_size_pick_shortcut_agrees() -> None:
+    """The receive path skips ``size_pick`` for ``max_bytes > PICK_ANY_ABOVE`` and takes
+    ``state % SIZER_SMALL``: the two must agree for every reachable state."""
+    from anyio_uring._net._pool import (
+        PICK_ANY_ABOVE,
+        SIZE_CLASSES,
+        SIZER_SMALL,
+        SIZER_START,
+        size_pick,
+        size_record,
+    )
+
+    states = {SIZER_START}
+    frontier = [SIZER_START]
+    while frontier:  # every state size_record can reach, by every class and size
+        state = frontier.pop()
+        for index in range(len(SIZE_CLASSES)):
+            for nbytes in (1, 100, *SIZE_CLASSES, *(c - 1 for c in SIZE_CLASSES)):
+                new = size_record(state, index, nbytes)
+                if new not in states:
+                    states.add(new)
+                    frontier.append(new)
+    assert len(states) > len(SIZE_CLASSES)
+    for state in states:
+        for max_bytes in (PICK_ANY_ABOVE + 1, 65536, 1 << 20):
+            assert size_pick(state, max_bytes) == state % SIZER_SMALL, (state, max_bytes)
 
 
 def test_receive_size_class_adapts_like_netty() -> None:

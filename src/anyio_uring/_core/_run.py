@@ -67,6 +67,7 @@ __all__ = [
     "Cancelled",
     "Runner",
     "Task",
+    "cancel_pending",
     "checkpoint",
     "checkpoint_if_cancelled",
     "current_runner",
@@ -890,6 +891,20 @@ class _SignalWakeup:
 
 def reschedule(task: Task, value: Any = None) -> None:
     task._runner.reschedule(task, value)
+
+
+def cancel_pending() -> bool:
+    """Whether a cancellation (or KeyboardInterrupt) waits for the current task -- the test of
+    ``checkpoint_if_cancelled`` without a coroutine, for the hot paths:
+    ``if cancel_pending(): await checkpoint_if_cancelled()``."""
+    task = GLOBAL.task
+    if task is None:
+        return True  # not in a task: let checkpoint_if_cancelled raise its RuntimeError
+    status = task._cancel_status
+    if status is not None and status.effectively_cancelled:
+        return True
+    runner = task._runner
+    return runner.ki_pending and task is runner.main_task
 
 
 async def checkpoint_if_cancelled() -> None:

@@ -106,7 +106,7 @@ from anyio import open_file as _anyio_open_file
 
 from .._core._cancel import CancelScope, end_and_reap, end_operation, wait_operation, wait_owned_fd
 from .._core._context import GLOBAL
-from .._core._run import checkpoint_if_cancelled
+from .._core._run import cancel_pending, checkpoint_if_cancelled
 from .._core._sync import ParkingLot
 from .._core._threads import to_thread_run_sync
 from .._core._traps import cancel_shielded_checkpoint
@@ -346,19 +346,6 @@ class _FileLock:
             lot.unpark()
         else:
             self._busy = False
-
-
-def _cancel_pending() -> bool:
-    """Whether a cancellation (or KeyboardInterrupt) waits for the current task -- the test of
-    ``checkpoint_if_cancelled`` without a coroutine, for the hot paths."""
-    task = GLOBAL.task
-    if task is None:
-        return True  # not in a task: let checkpoint_if_cancelled raise its RuntimeError
-    status = task._cancel_status
-    if status is not None and status.effectively_cancelled:
-        return True
-    runner = task._runner
-    return runner.ki_pending and task is runner.main_task
 
 
 # ------------------------------------------------------------------------------------------
@@ -1488,7 +1475,7 @@ class BufferedFile(AsyncFile[bytes]):
             lock._busy = True
         try:
             self._check_read("read of closed file")
-            if _cancel_pending():
+            if cancel_pending():
                 await checkpoint_if_cancelled()
             return await self._read_u(n)
         finally:
@@ -1565,7 +1552,7 @@ class BufferedFile(AsyncFile[bytes]):
         ):
             # The hot path: an absolute seek inside the file is bookkeeping (a cancel point, no
             # I/O); past the known end, the raw layer checks the kernel's limit.
-            if _cancel_pending():
+            if cancel_pending():
                 await checkpoint_if_cancelled()
             rbuf = self._rbuf
             start = raw._pos - len(rbuf)
@@ -2522,7 +2509,7 @@ async def open_any(
         raise ValueError("Must have exactly one of create/read/write/append mode and at most one plus")
     if (isinstance(file, str) and "\0" in file) or (isinstance(file, bytes) and b"\0" in file):
         raise ValueError("embedded null byte")
-    if _cancel_pending():
+    if cancel_pending():
         await checkpoint_if_cancelled()
     raw = await _open_raw(ring, file, m, closefd, opener, limiter)
     result: AsyncFile[Any] = raw

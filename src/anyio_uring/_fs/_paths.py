@@ -61,7 +61,7 @@ import anyio
 
 from .._core._cancel import wait_operation, wait_owned_fd
 from .._core._context import GLOBAL
-from .._core._run import checkpoint, checkpoint_if_cancelled, current_runner
+from .._core._run import cancel_pending, checkpoint, checkpoint_if_cancelled, current_runner
 from .._core._traps import cancel_shielded_checkpoint
 from .._native import lib
 from . import _inline
@@ -71,7 +71,6 @@ from ._files import (
     AT_SYMLINK_NOFOLLOW,
     STATX_BASIC_STATS,
     AsyncFile,
-    _cancel_pending,
     capabilities,
     open_any,
     os_error,
@@ -179,7 +178,7 @@ class Path(anyio.Path):
         raw = self._raw()
         statx, _, inline = capabilities(ring)
         if inline is not None:  # first without blocking (see _inline.py), else STATX as before
-            if _cancel_pending():
+            if cancel_pending():
                 await checkpoint_if_cancelled()
             res = lib.aur_inline_stat(inline.c, AT_FDCWD, raw, 0 if follow else 1)
             if res != 0:
@@ -215,7 +214,7 @@ class Path(anyio.Path):
         try:
             raw = self._raw()
             if inline is not None:  # as in _stat, without making a stat_result or an OSError
-                if _cancel_pending():
+                if cancel_pending():
                     await checkpoint_if_cancelled()
                 res = lib.aur_inline_stat(inline.c, AT_FDCWD, raw, 0 if follow else 1)
                 if res != 0:

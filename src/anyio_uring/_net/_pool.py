@@ -42,9 +42,11 @@ if TYPE_CHECKING:
     from .._ring import Ring
 
 __all__ = [
+    "PICK_ANY_ABOVE",
     "RECEIVE_STRATEGIES",
-    "SIZE_CLASSES",
+    "SIZER_SMALL",
     "SIZER_START",
+    "SIZE_CLASSES",
     "NetConfig",
     "ReceivePool",
     "net_state",
@@ -98,6 +100,10 @@ class NetConfig:
 #: stream object is memory per connection.  The state of a new stream.
 SIZER_START: Final = _START_CLASS
 _SMALL: Final = 8  # index < 8
+#: ``size_pick(state, max_bytes)`` is ``state % SIZER_SMALL`` whenever ``max_bytes`` exceeds
+#: this (no smaller class can be big enough): the receive path tests that instead of calling.
+PICK_ANY_ABOVE: Final = SIZE_CLASSES[-2]
+SIZER_SMALL: Final = _SMALL
 
 
 def size_pick(state: int, max_bytes: int) -> int:

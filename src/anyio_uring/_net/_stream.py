@@ -16,10 +16,16 @@ from typing import Final
 import anyio
 import anyio.abc
 
-from .._core import cancel_shielded_checkpoint, checkpoint, checkpoint_if_cancelled, current_runner
+from .._core import (
+    cancel_pending,
+    cancel_shielded_checkpoint,
+    checkpoint,
+    checkpoint_if_cancelled,
+    current_runner,
+)
 from .._native import lib
 from .._ring import MsgHdr
-from ._pool import SIZER_START, net_state, size_pick, size_record
+from ._pool import PICK_ANY_ABOVE, SIZER_SMALL, SIZER_START, net_state, size_pick, size_record
 from ._socket import RingSocket, broken
 
 __all__ = ["SocketStream", "UNIXSocketStream"]
@@ -77,7 +83,8 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
             raise anyio.BusyResourceError("reading from")
         if not isinstance(max_bytes, int) or max_bytes < 1:
             raise ValueError("max_bytes must be a positive integer")
-        self._check()
+        if self._closed or self._sock.fileno() < 0:  # self._check(), its test inlined
+            self._check()
         self._receiving = True
         try:
             if self._more:
@@ -91,7 +98,8 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
                     data = await self._receive_owned(max_bytes)
             else:
                 # RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only once data arrives.
-                index = size_pick(self._size, max_bytes)
+                state = self._size
+                index = state % SIZER_SMALL if max_bytes > PICK_ANY_ABOVE else size_pick(state, max_bytes)
                 groups = self._pool._groups
                 while True:
                     group = groups[index] or self._pool.group(index)
@@ -140,7 +148,8 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
         receive filled its ``max_bytes``): take it with a non-blocking ``recv`` -- one copy, no
         ring round trip -- as trio does: a cancel point before anything is taken, a schedule
         point (never a cancel point) after.  ``None``: nothing there after all."""
-        await checkpoint_if_cancelled()
+        if cancel_pending():
+            await checkpoint_if_cancelled()
         try:
             data = self._sock.recv(max_bytes)
         except BlockingIOError:
@@ -198,11 +207,14 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
         rest (the bytes stay pinned until each one's final CQE)."""
         if self._sending:
             raise anyio.BusyResourceError("writing to")
-        self._check()
-        view = _byte_view(item)
+        if self._closed or self._sock.fileno() < 0:  # self._check(), its test inlined
+            self._check()
+        # bytes (what receive() returns, and most callers send) need no view until a short send
+        view = item if type(item) is bytes else _byte_view(item)
         self._sending = True
         try:
-            await checkpoint_if_cancelled()
+            if cancel_pending():
+                await checkpoint_if_cancelled()
             try:
                 sent = self._sock.send(view, _NOSIGNAL)
             except BlockingIOError:
@@ -212,7 +224,7 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
             if sent >= len(view):
                 await cancel_shielded_checkpoint()
                 return
-            view = view[sent:]
+            view = memoryview(view)[sent:]
             while True:
                 res = await self._inflight.wait(self._ring.send(self._fd, view, _SEND_FLAGS))
                 if self._inflight.closing:
