@@ -133,17 +133,21 @@ def _check_buffers_returned() -> None:
             assert group.lent == group.count, f"{group!r}: {group.count - group.lent} buffers never returned"
 
 
-def _send_from_a_thread(sock: socket.socket, data: bytes, rng: random.Random) -> None:
+def _send_from_a_thread(sock: socket.socket, data: bytes, rng: random.Random, large: bool = False) -> None:
     """The peer in another thread (true concurrency with the loop: data arrives while a
-    cancel is on its way, so the kernel completes receives whose cancel was requested)."""
+    cancel is on its way, so the kernel completes receives whose cancel was requested).
+    ``large``: chunks of 4-30 KB instead of mostly small ones, each followed by a pause."""
     with sock:
         view = memoryview(data)
         pos = 0
         while pos < len(data):
-            n = rng.choice([1, 3, 64, rng.randint(1, 500), rng.randint(1, 5000)])
+            if large:
+                n = rng.randint(4096, 30000)
+            else:
+                n = rng.choice([1, 3, 64, rng.randint(1, 500), rng.randint(1, 5000)])
             sock.sendall(view[pos : pos + n])
             pos += n
-            if rng.random() < 0.5:
+            if large or rng.random() < 0.5:
                 time.sleep(rng.uniform(0, 100e-6))
 
 
@@ -207,6 +211,9 @@ def test_no_byte_lost_under_random_cancellation(options: dict[str, Any]) -> None
             thread.join()
         assert strategy() == options["socket_receive"]
         assert not failures, f"seed {seed}: {failures}"
+        if strategy() == "hybrid":  # both of its ways of receiving were raced against cancels
+            stats["hybrid_polls"] = pool().hybrid_polls
+            stats["selected"] = sum(g.recycled for g in pool()._groups if g is not None)
         counters = current_runner().ring.counters()
         stats["kernel_cancels"] = counters["cancel_cqes"] - counters0["cancel_cqes"]
         stats["withdrawn"] = counters["withdrawn"] - counters0["withdrawn"]
@@ -220,6 +227,58 @@ def test_no_byte_lost_under_random_cancellation(options: dict[str, Any]) -> None
     assert stats["won"] > 10, stats
     assert stats["kernel_cancels"] > 10, stats
     assert stats["withdrawn"] > 10, stats
+    if options["socket_receive"] == "hybrid":  # its poll path: the next test races it harder
+        assert stats["hybrid_polls"] > 0, stats
+        assert stats["selected"] > 100, stats
+
+
+@pytest.mark.parametrize("mode", RING_MODES.values(), ids=RING_MODES.keys())
+def test_no_byte_lost_when_hybrid_polls_under_random_cancellation(mode: dict[str, str]) -> None:
+    """Invariant 3 for the "hybrid" strategy's poll-then-recv path: peers in threads write 4-30 KB
+    chunks (the streams' classes reach 16 and 64 KiB, so most receives wait in a POLL_ADD) while
+    every receive is cancelled at a random moment; the bytes must arrive exactly as sent.
+    (Checked: a cancel point after the poll path's recv, which drops what it took, fails this.)"""
+    seed = 4099
+
+    async def main() -> dict[str, int]:
+        stats = {"attempts": 0, "cancelled": 0, "won": 0}
+        failures: list[str] = []
+        threads = []
+        async with anyio.create_task_group() as tg:
+            for c, kind in enumerate(["tcp", "unix", "tcp", "unix"]):
+                data = counter_pattern(2_000_000)
+                raw_sender, raw_receiver = _raw_pair(kind)
+                receiver = await anyio.abc.SocketStream.from_socket(raw_receiver)
+                threads.append(
+                    threading.Thread(
+                        target=_send_from_a_thread,
+                        args=(raw_sender, data, random.Random(seed - c), True),
+                        daemon=True,
+                    )
+                )
+
+                async def one(receiver: Any = receiver, data: bytes = data, c: int = c) -> None:
+                    async with receiver:
+                        got = await _receive_under_cancellation(
+                            receiver, random.Random(seed + c), stats, tg, sizes=[65536]
+                        )
+                    if got != data:
+                        failures.append(f"connection {c}: {first_difference(got, data)}")
+
+                tg.start_soon(one)
+            for thread in threads:
+                thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures, f"seed {seed}: {failures}"
+        stats["hybrid_polls"] = pool().hybrid_polls
+        _check_buffers_returned()
+        return stats
+
+    stats = run(main, socket_receive="hybrid", **mode)
+    assert stats["hybrid_polls"] > 100, stats
+    assert stats["cancelled"] > 100, stats
+    assert stats["won"] > 10, stats
 
 
 @pytest.mark.parametrize("mode", RING_MODES.values(), ids=RING_MODES.keys())
@@ -622,9 +681,11 @@ async def _round_trip() -> str:
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({}, "select"),
+        ({}, "hybrid"),
+        ({"socket_receive": "select"}, "select"),
         ({"disable": "buffer_rings"}, "poll"),
         ({"disable": "buffer_rings", "socket_receive": "select"}, "poll"),
+        ({"disable": "buffer_rings", "socket_receive": "hybrid"}, "poll"),
         ({"socket_receive": "poll"}, "poll"),
         ({"socket_receive": "owned"}, "owned"),
         ({"socket_receive": "owned", "disable": "buffer_rings"}, "owned"),
@@ -660,7 +721,70 @@ def test_invalid_socket_options_are_rejected(options: dict[str, Any], message: s
 
 
 def test_minimum_pool_limit_is_accepted() -> None:
-    assert run(_round_trip, receive_pool_limit=524288) == "select"
+    assert run(_round_trip, receive_pool_limit=524288) == "hybrid"
+
+
+def test_a_strategy_name_built_at_run_time_is_honoured() -> None:
+    """Streams compare the strategy by identity: a name that is equal but another object (built
+    at run time, or a str subclass) must still select that strategy, not another one."""
+
+    class Name(str):
+        pass
+
+    built = "".join(["po", "ll"])
+    assert run(_round_trip, socket_receive=built) == "poll"
+    assert run(_round_trip, socket_receive=Name("owned")) == "owned"
+    assert run(_round_trip, socket_receive=Name("select")) == "select"
+
+
+def test_hybrid_polls_for_large_classes_and_selects_for_small_ones() -> None:
+    """The "hybrid" strategy: a stream whose reads fill 4 KiB buffers moves to the 16 KiB class
+    and from then on waits in a POLL_ADD and receives into fresh memory (the 16 and 64 KiB
+    groups are never registered); once its reads are small again it shrinks back and waits in
+    a provided-buffer RECV.  Every byte arrives in order either way."""
+    from anyio_uring._ring._ops import OP_POLL_ADD, OP_RECV
+
+    async def main() -> list[str]:
+        a, b = await tcp_pair()
+        seen: list[str] = []
+        ring = current_runner().ring
+        async with a, b:
+
+            async def pending() -> str:
+                # what the stream's next receive waits in, while the peer sends nothing
+                async with anyio.create_task_group() as tg:
+                    got: list[bytes] = []
+
+                    async def receive() -> None:
+                        got.append(await b.receive())
+
+                    before = set(ring._ops)
+                    tg.start_soon(receive)
+                    await anyio.wait_all_tasks_blocked()
+                    kinds = {op.opcode for ud, op in ring._ops.items() if ud not in before}
+                    await a.send(b"x")
+                assert got == [b"x"]
+                return "poll" if kinds == {OP_POLL_ADD} else "recv" if kinds == {OP_RECV} else str(kinds)
+
+            seen.append(await pending())
+            blob = os.urandom(64 * 1024)
+            for _ in range(8):  # large reads: the class grows past 4 KiB
+                await a.send(blob)
+                got = bytearray()
+                while len(got) < len(blob):
+                    got += await b.receive()
+                assert got == blob
+            seen.append(await pending())
+            assert pool().hybrid_polls > 0
+            assert pool()._groups[2] is None  # the large classes' groups were never needed
+            assert pool()._groups[3] is None
+            for i in range(8):  # small reads: back to provided buffers
+                await a.send(b"%d" % i)
+                assert await b.receive() == b"%d" % i
+            seen.append(await pending())
+        return seen
+
+    assert run(main, socket_receive="hybrid") == ["recv", "poll", "recv"]
 
 
 # ------------------------------------------------------------------------------------------

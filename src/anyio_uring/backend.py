@@ -28,9 +28,10 @@ element of an ``anyio_backend`` pytest fixture value):
     ``True`` records where each coroutine was created, so "coroutine ... was never awaited"
     warnings name the line that forgot the ``await``.
 ``socket_receive``
-    How socket streams receive: ``"auto"`` (default: ``"select"`` where the kernel has
+    How socket streams receive: ``"auto"`` (default: ``"hybrid"`` where the kernel has
     provided-buffer rings, else ``"poll"``), ``"select"`` (kernel-picked buffers from the loop's
-    pool: an idle connection pins no memory), ``"poll"`` (poll, then a non-blocking recv) or
+    pool: an idle connection pins no memory), ``"poll"`` (poll, then a non-blocking recv),
+    ``"hybrid"`` (``"select"`` for a stream's small size classes, ``"poll"`` from 16 KiB on) or
     ``"owned"`` (a receive into the stream's own 64 KiB buffer).  See ``anyio_uring._net._pool``.
 ``receive_pool_limit``
     The most bytes the loop's receive-buffer pool may grow to (default 64 MiB); receives the

@@ -25,7 +25,15 @@ from .._core import (
 )
 from .._native import lib
 from .._ring import MsgHdr
-from ._pool import PICK_ANY_ABOVE, SIZER_SMALL, SIZER_START, net_state, size_pick, size_record
+from ._pool import (
+    HYBRID_POLL_FROM,
+    PICK_ANY_ABOVE,
+    SIZER_SMALL,
+    SIZER_START,
+    net_state,
+    size_pick,
+    size_record,
+)
 from ._socket import RingSocket, broken
 
 __all__ = ["SocketStream", "UNIXSocketStream"]
@@ -38,8 +46,9 @@ _NOSIGNAL: Final = socket.MSG_NOSIGNAL
 _SEND_FLAGS: Final = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
 _POLLIN: Final = select.POLLIN
 _OWNED_SIZE: Final = 65536
-_SELECT: Final = "select"
 _POLL: Final = "poll"
+_OWNED: Final = "owned"
+_HYBRID: Final = "hybrid"
 _CMSG_HDR: Final = struct.Struct("=Qii")  # struct cmsghdr on LP64 Linux: len, level, type
 _CMSG_ALIGN: Final = 8
 
@@ -75,9 +84,9 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Receive up to ``max_bytes`` (by the loop's strategy; see ``_pool``).
 
-        The ``"select"`` strategy is inlined here rather than a coroutine of its own: a receive
-        waiting on an idle connection holds every frame of its call chain, and each one is
-        memory per connection.
+        The ``"select"`` strategy (and ``"hybrid"``'s select half) is inlined here rather than a
+        coroutine of its own: a receive waiting on an idle connection holds every frame of its
+        call chain, and each one is memory per connection.
         """
         if self._receiving:
             raise anyio.BusyResourceError("reading from")
@@ -91,52 +100,62 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
                 inline = await self._receive_inline(max_bytes)
                 if inline is not None:
                     return inline
-            if self._strategy is not _SELECT:
-                if self._strategy is _POLL:
-                    data = await self._receive_poll(max_bytes)
-                else:
-                    data = await self._receive_owned(max_bytes)
+            strategy = self._strategy
+            if strategy is _POLL:
+                data = await self._receive_poll(max_bytes)
+            elif strategy is _OWNED:
+                data = await self._receive_owned(max_bytes)
             else:
-                # RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only once data arrives.
                 state = self._size
                 index = state % SIZER_SMALL if max_bytes > PICK_ANY_ABOVE else size_pick(state, max_bytes)
-                groups = self._pool._groups
-                while True:
-                    group = groups[index] or self._pool.group(index)
-                    if group is None:
-                        data = await self._receive_poll(max_bytes)
-                        break
-                    op = self._ring.recv_select(self._fd, group, max_bytes if max_bytes < group.size else 0)
-                    try:
-                        res = await self._inflight.wait(op)
-                    except BaseException:
-                        if op.cqe_flags is not None and op.cqe_flags & _F_BUFFER:
-                            group.recycle(op.cqe_flags >> _BUFFER_SHIFT)  # cancelled, with a buffer
-                        raise
-                    flags = op.cqe_flags or 0
-                    data = b""
-                    if flags & _F_BUFFER:
-                        if res >= 0:
-                            data = group.take(res, flags)
-                        else:
-                            group.recycle(flags >> _BUFFER_SHIFT)
-                    if self._inflight.closing:
-                        raise anyio.ClosedResourceError
-                    if res > 0:
-                        self._size = size_record(self._size, index, res)
-                        if flags & _F_SOCK_NONEMPTY:
-                            self._more = True
-                        break
-                    if res == 0:
-                        break
-                    if res != _ENOBUFS:
-                        broken(res)
-                    # Back-pressure, not the end: the data waits in the socket.  Grow the
-                    # group, or receive this once another way.
-                    if not self._pool.grow(group):
-                        data = await self._receive_poll(max_bytes)
-                        break
-                    self._check()
+                if index >= HYBRID_POLL_FROM and strategy is _HYBRID:
+                    # A large class: poll-then-recv copies once (socket -> bytes) where a provided
+                    # buffer copies twice (socket -> buffer -> bytes); see _pool, "hybrid".
+                    data = await self._receive_poll(max_bytes)
+                    if data:
+                        self._size = size_record(state, index, len(data))
+                        self._pool.hybrid_polls += 1
+                else:
+                    # RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only once data arrives.
+                    groups = self._pool._groups
+                    while True:
+                        group = groups[index] or self._pool.group(index)
+                        if group is None:
+                            data = await self._receive_poll(max_bytes)
+                            break
+                        op = self._ring.recv_select(
+                            self._fd, group, max_bytes if max_bytes < group.size else 0
+                        )
+                        try:
+                            res = await self._inflight.wait(op)
+                        except BaseException:
+                            if op.cqe_flags is not None and op.cqe_flags & _F_BUFFER:
+                                group.recycle(op.cqe_flags >> _BUFFER_SHIFT)  # cancelled, with a buffer
+                            raise
+                        flags = op.cqe_flags or 0
+                        data = b""
+                        if flags & _F_BUFFER:
+                            if res >= 0:
+                                data = group.take(res, flags)
+                            else:
+                                group.recycle(flags >> _BUFFER_SHIFT)
+                        if self._inflight.closing:
+                            raise anyio.ClosedResourceError
+                        if res > 0:
+                            self._size = size_record(self._size, index, res)
+                            if flags & _F_SOCK_NONEMPTY:
+                                self._more = True
+                            break
+                        if res == 0:
+                            break
+                        if res != _ENOBUFS:
+                            broken(res)
+                        # Back-pressure, not the end: the data waits in the socket.  Grow the
+                        # group, or receive this once another way.
+                        if not self._pool.grow(group):
+                            data = await self._receive_poll(max_bytes)
+                            break
+                        self._check()
         finally:
             self._receiving = False
         if not data:
