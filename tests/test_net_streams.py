@@ -731,10 +731,20 @@ def test_a_strategy_name_built_at_run_time_is_honoured() -> None:
     class Name(str):
         pass
 
+    async def path_taken() -> str:
+        a, b = await tcp_pair()
+        async with a, b:
+            await a.send(b"ping")
+            assert await b.receive() == b"ping"
+            if any(g is not None and g.recycled for g in pool()._groups):
+                return "select"
+            return "owned" if getattr(b, "_owned", None) is not None else "poll"
+
     built = "".join(["po", "ll"])
-    assert run(_round_trip, socket_receive=built) == "poll"
-    assert run(_round_trip, socket_receive=Name("owned")) == "owned"
-    assert run(_round_trip, socket_receive=Name("select")) == "select"
+    assert run(path_taken, socket_receive=built) == "poll"
+    assert run(path_taken, socket_receive=Name("owned")) == "owned"
+    assert run(path_taken, socket_receive=Name("select")) == "select"
+    assert run(path_taken, socket_receive="".join(["hyb", "rid"])) == "select"  # a new stream: 4 KiB
 
 
 def test_hybrid_polls_for_large_classes_and_selects_for_small_ones() -> None:
