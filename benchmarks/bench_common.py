@@ -39,6 +39,7 @@ import anyio_uring
 
 __all__ = [
     "BACKENDS",
+    "REFERENCES",
     "Failure",
     "Params",
     "Workload",
@@ -55,6 +56,10 @@ __all__ = [
     "versions",
     "write_json",
 ]
+
+#: Columns that are not backends under comparison but floors to read them against (net_bench's
+#: ``--reference`` C echo server): shown in tables, never the "best peer".
+REFERENCES: frozenset[str] = frozenset({"c-epoll"})
 
 Results = dict[tuple[str, str], list[dict[str, Any]]]
 Failed = dict[tuple[str, str], dict[str, Any]]
@@ -158,10 +163,13 @@ def run_interleaved(
     p: Params,
     reps: int,
     failed: Failed | None = None,
+    applies: Callable[[str, str], bool] | None = None,
 ) -> tuple[Results, Failed]:
     """``reps`` repetitions of every (workload, backend), interleaved; a failure is not retried.
 
     ``failed`` may come pre-filled (a workload the driver knows cannot run): those are skipped.
+    ``applies(workload, backend)`` false: not measured, shown as ``-`` (a reference that only
+    serves some workloads).
     """
     import time
 
@@ -171,7 +179,7 @@ def run_interleaved(
     for rep in range(reps):
         for name in names:
             for backend in backends:
-                if (name, backend) in failed:
+                if (name, backend) in failed or (applies is not None and not applies(name, backend)):
                     continue
                 result = measure(script, workloads[name], backend, name, p)
                 if "error" in result:
@@ -253,7 +261,8 @@ def print_table(
     markdown: bool = False,
 ) -> None:
     """The medians of ``result[key]`` per (workload, backend), and uring's ratio to the best peer
-    (> 1: uring is better, whichever way "better" goes).  ``unit`` and ``less_is_better``
+    (> 1: uring is better, whichever way "better" goes; a column in :data:`REFERENCES` is shown
+    but is no peer).  ``unit`` and ``less_is_better``
     override the workloads' own; rows without a sample of ``key`` anywhere are left out."""
     rows = [["workload", "unit", *backends, "uring vs best peer"]]
     for w in names:
@@ -271,7 +280,7 @@ def print_table(
                 row.append(f"{medians[b]:,.{digits}f}")
             else:
                 row.append("-")
-        peers = [v for b, v in medians.items() if b != "uring"]
+        peers = [v for b, v in medians.items() if b != "uring" and b not in REFERENCES]
         if "uring" in medians and peers and medians["uring"]:
             ratio = min(peers) / medians["uring"] if spec.less_is_better else medians["uring"] / max(peers)
             row.append(f"{ratio:.2f}x")

@@ -1,6 +1,7 @@
 """Network benchmarks through anyio: the same anyio socket code on every backend.
 
 Usage: python benchmarks/net_bench.py [--reps 5] [--duration 2] [--only pingpong,echo-c64-*] [--pin]
+       [--reference]
        [--backends asyncio,asyncio+uvloop,trio,uring] [--check] [--json results.json]
        python benchmarks/net_bench.py --single BACKEND:WORKLOAD[:duration=2,check=1,conns=9900]
        python benchmarks/net_bench.py --serve BACKEND   (the echo server alone; prints its port)
@@ -29,7 +30,9 @@ sets SO_REUSEADDR; ``anyio.connect_tcp``); set-up and connection establishment a
   request/response for ``--duration`` s after a warm-up; round trips/s (p50/p99 latency in the
   JSON).  Two processes on one machine: the load generator takes a CPU of its own; ``--pin``
   puts the server on CPU 0 and the load generator on CPU 1 (``taskset``), for steadier
-  one-connection rows.
+  one-connection rows.  ``--reference`` adds a column ``c-epoll``: ``echo_ref.c``, the same
+  echo service in C (epoll, read 64 KiB, write it back), built the same way -- what the kernel
+  and the load generator leave as the ceiling on this machine; it is no peer (not in the ratio).
 * ``idle``: ``conns`` (9,900) idle connections, both ends in one process (the soft
   RLIMIT_NOFILE is raised to the hard limit): the server has a task per connection blocked in
   ``await stream.receive()``, the client holds its streams.  VmRSS before opening them and once
@@ -87,7 +90,10 @@ KiB = 1024
 MiB = 1024 * KiB
 HOST = "127.0.0.1"
 LOADGEN_SRC = BENCH_DIR / "loadgen.c"
-LOADGEN_BIN = Path(tempfile.gettempdir()) / f"anyio_uring_netbench-{os.getuid()}" / "loadgen"
+ECHO_REF_SRC = BENCH_DIR / "echo_ref.c"
+C_BIN_DIR = Path(tempfile.gettempdir()) / f"anyio_uring_netbench-{os.getuid()}"
+#: The ``--reference`` column: the C echo server (``echo_ref.c``), for echo-* rows only.
+REFERENCE = "c-epoll"
 
 
 @dataclass(frozen=True)
@@ -299,15 +305,21 @@ async def bench_idle(p: Params) -> dict[str, Any]:
 # ============================================================================ outside load
 
 
+def build_c(src: Path) -> Path:
+    """``gcc -O2`` one of the benchmark's C programs into a temporary directory, unless the
+    binary there is up to date."""
+    binary = C_BIN_DIR / src.stem
+    if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
+        return binary
+    C_BIN_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_name(f"{src.stem}.{os.getpid()}")
+    subprocess.run(["gcc", "-O2", "-o", str(tmp), str(src)], check=True)
+    os.replace(tmp, binary)
+    return binary
+
+
 def build_loadgen() -> Path:
-    """``gcc -O2`` the load generator into a temporary directory, unless it is up to date."""
-    if LOADGEN_BIN.exists() and LOADGEN_BIN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN_BIN
-    LOADGEN_BIN.parent.mkdir(parents=True, exist_ok=True)
-    tmp = LOADGEN_BIN.with_name(f"loadgen.{os.getpid()}")
-    subprocess.run(["gcc", "-O2", "-o", str(tmp), str(LOADGEN_SRC)], check=True)
-    os.replace(tmp, LOADGEN_BIN)
-    return LOADGEN_BIN
+    return build_c(LOADGEN_SRC)
 
 
 async def serve_echo() -> None:
@@ -333,7 +345,11 @@ def bench_echo(backend: str, p: Params, conns: int, size: int) -> dict[str, Any]
     loadgen = build_loadgen()
     warmup = min(0.5, p.duration / 2)
     server_cpu, client_cpu = pinning(p.pin)
-    with server_process([*server_cpu, sys.executable, __file__, "--serve", backend]) as (_, port):
+    if backend == REFERENCE:
+        server = [str(build_c(ECHO_REF_SRC))]
+    else:
+        server = [sys.executable, __file__, "--serve", backend]
+    with server_process([*server_cpu, *server]) as (_, port):
         cmd = [*client_cpu, str(loadgen), "-p", str(port), "-c", str(conns), "-m", str(size)]
         cmd += ["-d", str(p.duration), "-w", str(warmup)] + (["-k"] if p.check else [])
         out = subprocess.run(
@@ -392,6 +408,11 @@ def main() -> None:
     parser.add_argument("--conns", type=int, default=9900, help="idle connections (both ends in one process)")
     parser.add_argument("--check", action="store_true", help="compare echoed data with what was sent")
     parser.add_argument("--pin", action="store_true", help="echo-*: server on CPU 0, loadgen on CPU 1")
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help=f"echo-*: also measure the C echo server (echo_ref.c) as column {REFERENCE!r}, no peer",
+    )
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     parser.add_argument("--single", default="", help="BACKEND:WORKLOAD[:key=value,...] -- one measurement")
     parser.add_argument("--serve", default="", metavar="BACKEND", help="run the echo server; print its port")
@@ -418,11 +439,22 @@ def main() -> None:
     params = Params(duration=args.duration, check=args.check, conns=args.conns, pin=args.pin)
     if any(w.startswith("echo-") for w in workloads):
         build_loadgen()
+        if args.reference:
+            build_c(ECHO_REF_SRC)
+            backends.append(REFERENCE)
 
     print(versions())
     if args.check:
         print("--check: every echoed byte is compared (slower; not a benchmark)")
-    results, failed = run_interleaved(__file__, WORKLOADS, workloads, backends, params, args.reps)
+    results, failed = run_interleaved(
+        __file__,
+        WORKLOADS,
+        workloads,
+        backends,
+        params,
+        args.reps,
+        applies=lambda workload, backend: backend != REFERENCE or workload.startswith("echo-"),
+    )
     if args.json:
         params_json = {"reps": args.reps, **params.__dict__}
         write_json(args.json, WORKLOADS, workloads, backends, results, failed, params_json)
