@@ -275,10 +275,17 @@ def test_no_byte_lost_when_hybrid_polls_under_random_cancellation(mode: dict[str
         _check_buffers_returned()
         return stats
 
-    stats = run(main, socket_receive="hybrid", **mode)
-    assert stats["hybrid_polls"] > 100, stats
-    assert stats["cancelled"] > 100, stats
-    assert stats["won"] > 10, stats
+    # The races must have happened: a quiet machine gets there in one round (~300 polls, ~200
+    # cancels); a loaded one, where data piles up and receives find it at once, may need more.
+    totals: dict[str, int] = {}
+    for _ in range(6):
+        for key, value in run(main, socket_receive="hybrid", **mode).items():
+            totals[key] = totals.get(key, 0) + value
+        if totals["hybrid_polls"] > 150 and totals["cancelled"] > 100 and totals["won"] > 10:
+            break
+    assert totals["hybrid_polls"] > 150, totals
+    assert totals["cancelled"] > 100, totals
+    assert totals["won"] > 10, totals
 
 
 @pytest.mark.parametrize("mode", RING_MODES.values(), ids=RING_MODES.keys())
