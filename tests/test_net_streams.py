@@ -159,6 +159,51 @@ def _raw_pair(kind: str) -> tuple[socket.socket, socket.socket]:
         return client, listener.accept()[0]
 
 
+async def _race_receivers(
+    connections: list[tuple[str, str, int]],
+    seed: int,
+    stats: dict[str, int],
+    *,
+    large: bool = False,
+    sizes: list[int] | None = None,
+) -> list[str]:
+    """One connection per ``(kind, peer, nbytes)`` -- ``kind`` "tcp" or "unix", the ``peer`` a
+    task of this loop ("loop") or another thread ("thread", writing ``large`` chunks if asked) --
+    each read by :func:`_receive_under_cancellation`; returns what differed from what was sent."""
+    failures: list[str] = []
+    threads = []
+    async with anyio.create_task_group() as tg:
+        for c, (kind, peer, nbytes) in enumerate(connections):
+            data = counter_pattern(nbytes)
+            if peer == "loop":
+                sender, receiver = await stream_pair(kind)
+                tg.start_soon(_send_in_chunks, sender, data, random.Random(seed - c))
+            else:
+                raw_sender, raw_receiver = _raw_pair(kind)
+                receiver = await anyio.abc.SocketStream.from_socket(raw_receiver)
+                thread = threading.Thread(
+                    target=_send_from_a_thread,
+                    args=(raw_sender, data, random.Random(seed - c), large),
+                    daemon=True,
+                )
+                threads.append(thread)
+
+            async def one(receiver: Any = receiver, data: bytes = data, c: int = c) -> None:
+                async with receiver:
+                    got = await _receive_under_cancellation(
+                        receiver, random.Random(seed + c), stats, tg, sizes=sizes
+                    )
+                if got != data:
+                    failures.append(f"connection {c}: {first_difference(got, data)}")
+
+            tg.start_soon(one)
+        for thread in threads:
+            thread.start()
+    for thread in threads:
+        thread.join()
+    return failures
+
+
 @pytest.mark.parametrize("options", STRATEGY_MODES)
 def test_no_byte_lost_under_random_cancellation(options: dict[str, Any]) -> None:
     """Guards invariant 3 (no data loss) and 2 (the target's CQE decides): ~2,500 receives per
@@ -180,35 +225,7 @@ def test_no_byte_lost_under_random_cancellation(options: dict[str, Any]) -> None
     async def main() -> dict[str, int]:
         stats = {"attempts": 0, "cancelled": 0, "won": 0}
         counters0 = current_runner().ring.counters()
-        failures: list[str] = []
-        threads = []
-        async with anyio.create_task_group() as tg:
-            for c, (kind, peer, nbytes) in enumerate(connections):
-                data = counter_pattern(nbytes)
-                if peer == "loop":
-                    sender, receiver = await stream_pair(kind)
-                    tg.start_soon(_send_in_chunks, sender, data, random.Random(seed - c))
-                else:
-                    raw_sender, raw_receiver = _raw_pair(kind)
-                    receiver = await anyio.abc.SocketStream.from_socket(raw_receiver)
-                    thread = threading.Thread(
-                        target=_send_from_a_thread,
-                        args=(raw_sender, data, random.Random(seed - c)),
-                        daemon=True,
-                    )
-                    threads.append(thread)
-
-                async def one(receiver: Any = receiver, data: bytes = data, c: int = c) -> None:
-                    async with receiver:
-                        got = await _receive_under_cancellation(receiver, random.Random(seed + c), stats, tg)
-                    if got != data:
-                        failures.append(f"connection {c}: {first_difference(got, data)}")
-
-                tg.start_soon(one)
-            for thread in threads:
-                thread.start()
-        for thread in threads:
-            thread.join()
+        failures = await _race_receivers(connections, seed, stats)
         assert strategy() == options["socket_receive"]
         assert not failures, f"seed {seed}: {failures}"
         if strategy() == "hybrid":  # both of its ways of receiving were raced against cancels
@@ -242,34 +259,8 @@ def test_no_byte_lost_when_hybrid_polls_under_random_cancellation(mode: dict[str
 
     async def main() -> dict[str, int]:
         stats = {"attempts": 0, "cancelled": 0, "won": 0}
-        failures: list[str] = []
-        threads = []
-        async with anyio.create_task_group() as tg:
-            for c, kind in enumerate(["tcp", "unix", "tcp", "unix"]):
-                data = counter_pattern(2_000_000)
-                raw_sender, raw_receiver = _raw_pair(kind)
-                receiver = await anyio.abc.SocketStream.from_socket(raw_receiver)
-                threads.append(
-                    threading.Thread(
-                        target=_send_from_a_thread,
-                        args=(raw_sender, data, random.Random(seed - c), True),
-                        daemon=True,
-                    )
-                )
-
-                async def one(receiver: Any = receiver, data: bytes = data, c: int = c) -> None:
-                    async with receiver:
-                        got = await _receive_under_cancellation(
-                            receiver, random.Random(seed + c), stats, tg, sizes=[65536]
-                        )
-                    if got != data:
-                        failures.append(f"connection {c}: {first_difference(got, data)}")
-
-                tg.start_soon(one)
-            for thread in threads:
-                thread.start()
-        for thread in threads:
-            thread.join()
+        connections = [(kind, "thread", 2_000_000) for kind in ("tcp", "unix", "tcp", "unix")]
+        failures = await _race_receivers(connections, seed, stats, large=True, sizes=[65536])
         assert not failures, f"seed {seed}: {failures}"
         stats["hybrid_polls"] = pool().hybrid_polls
         _check_buffers_returned()
