@@ -17,7 +17,7 @@ from anyio_uring._core import current_runner
 from anyio_uring._net._pool import net_state
 
 #: The receive strategies (backend option ``socket_receive``).
-STRATEGIES = ("hybrid", "select", "poll", "owned")
+STRATEGIES = ("hybrid", "select", "poll", "owned", "multishot")
 
 #: The two ring modes: the default (DEFER_TASKRUN where the kernel has it) and the other one.
 RING_MODES = {"default": {}, "no_defer": {"disable": "defer_taskrun"}}

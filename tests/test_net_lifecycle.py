@@ -43,3 +43,36 @@ async def test_dropped_listener_ends_its_multishot_accept() -> None:
         client.settimeout(5)
         with pytest.raises(ConnectionRefusedError):
             client.connect(("127.0.0.1", port))
+
+
+@pytest.mark.parametrize("anyio_backend", [("uring", {"socket_receive": "multishot"})], ids=["multishot"])
+async def test_dropped_stream_ends_its_multishot_receive() -> None:
+    """A stream garbage-collected with its multishot RECV armed cancels it: otherwise the orphaned
+    receive would hold the socket open in the kernel and keep eating what the peer sends."""
+    from anyio_uring._net._pool import net_state
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener:
+        client = await anyio.connect_tcp("127.0.0.1", port)
+        server = await listener.listeners[0].accept()
+        for text in (b"switch", b"arm"):  # the first switches it, the second arms its multishot
+            await client.send(text)
+            assert await server.receive() == text
+        feed = server._feed  # type: ignore[attr-defined]
+        assert feed is not None
+        assert feed.armed
+        assert net_state(current_runner()).pool.multishot_streams == 1
+        ring = current_runner().ring
+        armed = ring.inflight
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # the point: it was never closed
+            del server
+            gc.collect()
+        with anyio.fail_after(5):
+            while ring.inflight >= armed or feed.armed:
+                await anyio.sleep(0.01)
+            # the kernel let go of the socket: the peer sees it closed
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await client.receive()
+        await client.aclose()

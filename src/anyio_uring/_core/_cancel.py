@@ -901,6 +901,10 @@ class InFlight:
         await wait_task_rescheduled(abort)
 
 
+#: What :meth:`MultishotFeed._wake` resumes a waiter with: look at the queue (not an item).
+_NO_ITEM: Final = object()
+
+
 class MultishotFeed:
     """The results of a multishot operation that a resource owns (a listener's multishot
     ``ACCEPT``), handed to tasks one at a time -- the runtime side of DESIGN.md section 5's
@@ -920,10 +924,29 @@ class MultishotFeed:
     collection of a feed whose operation is over.
     """
 
-    __slots__ = ("_closers", "_dispose", "_error", "_items", "_limit", "_op", "_waiter", "closing")
+    __slots__ = (
+        "_closers",
+        "_convert",
+        "_dispose",
+        "_error",
+        "_items",
+        "_limit",
+        "_op",
+        "_waiter",
+        "closing",
+    )
 
-    def __init__(self, dispose: Callable[[int], object], limit: int = 64) -> None:
-        self._items: deque[int] = deque()
+    def __init__(
+        self,
+        dispose: Callable[[Any], object],
+        limit: int = 64,
+        convert: Callable[[Operation, int, int], Any] | None = None,
+    ) -> None:
+        #: ``convert(op, res, flags)`` turns a CQE with a result ``>= 0`` into the queued item
+        #: (default: the result itself); it runs inside the ring's dispatch, so it must be quick
+        #: and must consume what the CQE lends (a provided buffer: copy it out, give it back).
+        self._convert = convert
+        self._items: deque[Any] = deque()
         self._op: Operation | None = None
         self._error: int | None = None
         self._waiter: Task | None = None
@@ -938,21 +961,43 @@ class MultishotFeed:
         """An operation is in flight (until its final CQE)."""
         return self._op is not None
 
+    @property
+    def idle(self) -> bool:
+        """No operation in flight, nothing queued, no error to report: a :meth:`get` now would
+        arm a new operation (its owner may read the resource another way instead)."""
+        return self._op is None and not self._items and self._error is None
+
     def __len__(self) -> int:
         return len(self._items)
 
+    def pause(self) -> None:
+        """End the operation (if one is in flight) without closing the feed: what it produced
+        stays queued, and the next :meth:`get` that finds the queue empty re-arms."""
+        op = self._op
+        if op is not None:
+            end_operation(op)  # a withdrawn SQE calls back here, so _op is cleared either way
+
     def _more(self, op: Operation, res: int, flags: int) -> None:
-        self._items.append(res)
+        item = res if self._convert is None or res < 0 else self._convert(op, res, flags)
+        task = self._waiter
+        if task is not None and not self._items:
+            # A task waits and nothing is queued: hand the item over with the wake-up (one
+            # task step instead of a wake-up and a schedule point).
+            self._waiter = None
+            task._runner.reschedule(task, item)
+        else:
+            self._items.append(item)
         if len(self._items) >= self._limit and not self.closing:
             op.ring.cancel(op)  # nobody takes them: let the kernel's queue hold the rest (once)
-        self._wake()
 
     def _done(self, op: Operation) -> None:
         self._op = None
         res = op.result
         assert res is not None
         if res >= 0:
-            self._items.append(res)  # a final CQE may carry a result too
+            # a final CQE may carry a result too
+            flags = op.cqe_flags or 0
+            self._items.append(res if self._convert is None else self._convert(op, res, flags))
         elif res not in CANCELLED_RESULTS:
             self._error = res
         self._wake()
@@ -964,12 +1009,27 @@ class MultishotFeed:
         task = self._waiter
         if task is not None:
             self._waiter = None
-            task._runner.reschedule(task)
+            task._runner.reschedule(task, _NO_ITEM)
 
-    async def get(self, arm: Callable[[], Operation]) -> int:
+    def take_queued(self) -> Any:
+        """The oldest queued item, without waiting (``IndexError`` when none is queued)."""
+        return self._items.popleft()
+
+    def queued_items(self) -> int:
+        return len(self._items) if self._items and type(self._items[0]) is not int else 0
+
+    def unget(self, item: Any) -> None:
+        """Put ``item`` back at the head of the queue (the rest of a result its taker could not
+        use whole, e.g. bytes beyond a receive's ``max_bytes``)."""
+        self._items.appendleft(item)
+
+    async def get(self, arm: Callable[[], Operation | None]) -> Any:
         """The next result (``>= 0``, or the ``-errno`` that ended the operation), arming the
         operation with ``arm()`` when none is in flight; ``-ECANCELED`` once :meth:`close` was
-        called.  A schedule point and a cancel point; one task at a time."""
+        called.  A schedule point and a cancel point; one task at a time.
+
+        ``arm()`` may decline (return ``None``) when nothing is queued: ``get`` then returns
+        ``None`` -- without a checkpoint if it did not wait -- and the owner reads another way."""
         if self._waiter is not None:
             raise RuntimeError("another task is already waiting on this multishot operation")
         while True:
@@ -986,6 +1046,8 @@ class MultishotFeed:
                 continue
             if self._op is None:
                 op = arm()
+                if op is None:
+                    return None
                 op.on_more = self._more
                 op.callback = self._done
                 self._op = op
@@ -998,7 +1060,9 @@ class MultishotFeed:
                 self._waiter = None
                 return SUCCEEDED  # the operation stays armed; its results stay queued
 
-            await wait_task_rescheduled(abort)
+            item = await wait_task_rescheduled(abort)
+            if item is not _NO_ITEM:
+                return item  # handed over by _more: a cancellation lands at the next checkpoint
 
     async def close(self) -> None:
         """End the operation, wait (shielded) for its final CQE, dispose of untaken results."""

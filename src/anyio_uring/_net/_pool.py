@@ -27,9 +27,22 @@ the buffer goes back to the ring at once.
   new, idle stream starts at 4 KiB, so idle memory is ``"select"``'s); ``"owned"``, a ``RECV``
   into a per-stream buffer (pins that buffer while a receive waits; the simplest path).
 
-Multishot receives are not used: a multishot receive keeps taking buffers while its consumer does
-not read, so one slow consumer can drain the pool for everyone (DESIGN.md section 6); single-shot
-receives take a buffer only for a reader that is waiting, which bounds each stream to one buffer.
+**Multishot receives** (kernels with multishot RECV; ``disable="multishot_recv"`` masks them):
+``"hybrid"`` switches a stream to one multishot ``RECV`` on the 4 KiB group, kept armed, once a
+select receive of a small class got data while the loop was busy (its newest harvest reaped at
+least :data:`MULTISHOT_BUSY` CQEs): a receive then costs no SQE, no operation and no waiter.  On
+one quiet connection the single-shot path is as fast or faster, and a stream that never received
+anything (an idle connection) never switches, so idle memory is unchanged.  ``"multishot"`` is
+``"hybrid"`` switching every stream at its first data, busy loop or not (the tests' way of
+forcing the path).  A multishot receive keeps taking buffers while its consumer does not read,
+which could drain the pool for everyone (DESIGN.md section 6); here every CQE is copied out and
+its buffer given back inside the dispatch, so the pool is only ever lent for the instant of one
+copy, and a stream that stops reading pauses its multishot (cancels it) after 16 untaken results
+of at most 4 KiB: the socket buffer then holds the rest, as it would for a single-shot reader.
+Reads that grow the stream's class to 16 KiB (bulk data, or results piling up between receives)
+end the multishot too: the stream polls-then-receives, one copy, until its class is small again.
+The other strategies take a buffer only for a reader that is waiting, which bounds each stream to
+one buffer.
 """
 
 from __future__ import annotations
@@ -47,6 +60,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HYBRID_POLL_FROM",
+    "MULTISHOT_BUSY",
+    "NEVER",
     "PICK_ANY_ABOVE",
     "RECEIVE_STRATEGIES",
     "SIZER_SMALL",
@@ -71,8 +86,13 @@ _MAX_ENTRIES: Final = 4096
 _BGID_BASE: Final = 0x7F00
 #: Default memory limit of one loop's pool.
 DEFAULT_POOL_LIMIT: Final = 64 * 1024 * 1024
+#: ``"hybrid"`` switches a stream to a multishot receive on a loop whose harvests reap at least
+#: this many CQEs (``"multishot"``: from 0, on any loop).
+MULTISHOT_BUSY: Final = 4
+#: A threshold no harvest reaches.
+NEVER: Final = 1 << 62
 
-RECEIVE_STRATEGIES: Final = ("auto", "hybrid", "select", "poll", "owned")
+RECEIVE_STRATEGIES: Final = ("auto", "hybrid", "select", "poll", "owned", "multishot")
 _CANONICAL: Final = {name: name for name in RECEIVE_STRATEGIES}
 
 
@@ -154,6 +174,14 @@ class ReceivePool:
         self.hybrid_polls = 0
         #: False once registering a group failed: receives then poll.
         self.usable = True
+        #: A stream whose select receive got data while the loop's newest harvest reaped at
+        #: least this many CQEs switches to a multishot receive (see "multishot" above;
+        #: :data:`NEVER`: the strategy or the kernel has none).  Set by :class:`NetState`.
+        self.multishot_from = NEVER
+        #: Streams that switched to a multishot receive, and times one ended it because its
+        #: reads grew large (it polls then, until its class is small again).
+        self.multishot_streams = 0
+        self.multishot_pauses = 0
 
     @property
     def nbytes(self) -> int:
@@ -209,7 +237,7 @@ class NetState:
     def __init__(self, ring: Ring, config: NetConfig) -> None:
         self.config = config
         strategy = config.receive
-        if strategy == "auto":
+        if strategy == "auto" or (strategy == "multishot" and not ring.support.multishot_recv):
             strategy = "hybrid" if ring.support.buffer_rings else "poll"
         elif strategy in ("select", "hybrid") and not ring.support.buffer_rings:
             strategy = "poll"  # masked or missing: the documented fallback
@@ -217,6 +245,11 @@ class NetState:
         #: run time, or a str subclass, is another object).
         self.strategy = _CANONICAL[strategy]
         self.pool = ReceivePool(ring, config.pool_limit)
+        if ring.support.multishot_recv:
+            if strategy == "multishot":
+                self.pool.multishot_from = 0
+            elif strategy == "hybrid":
+                self.pool.multishot_from = MULTISHOT_BUSY
 
 
 _configs: weakref.WeakKeyDictionary[Runner, NetConfig] = weakref.WeakKeyDictionary()

@@ -11,7 +11,7 @@ import socket
 import struct
 from collections.abc import Collection
 from io import IOBase
-from typing import Final
+from typing import ClassVar, Final
 
 import anyio
 import anyio.abc
@@ -23,8 +23,9 @@ from .._core import (
     checkpoint_if_cancelled,
     current_runner,
 )
+from .._core._cancel import MultishotFeed
 from .._native import lib
-from .._ring import MsgHdr
+from .._ring import MsgHdr, Operation, ProvidedBufferRing
 from ._pool import (
     HYBRID_POLL_FROM,
     PICK_ANY_ABOVE,
@@ -49,12 +50,31 @@ _OWNED_SIZE: Final = 65536
 _POLL: Final = "poll"
 _OWNED: Final = "owned"
 _HYBRID: Final = "hybrid"
+_SELECT: Final = "select"
+#: The "multishot" strategy: its size class (4 KiB), and how many untaken results (of at most
+#: 4 KiB each) a stream holds before its multishot pauses and the socket buffer holds the rest.
+_MULTISHOT_CLASS: Final = 1
+_MULTISHOT_QUEUE: Final = 16
 _CMSG_HDR: Final = struct.Struct("=Qii")  # struct cmsghdr on LP64 Linux: len, level, type
 _CMSG_ALIGN: Final = 8
 
 
 def _cmsg_space(n: int) -> int:
     return _CMSG_HDR.size + (n + _CMSG_ALIGN - 1) // _CMSG_ALIGN * _CMSG_ALIGN
+
+
+def _ignore(item: object) -> None:
+    """Untaken bytes of a closed feed: nothing to release."""
+
+
+def _copy_out(op: Operation, res: int, flags: int) -> bytes:
+    """A multishot receive's CQE as bytes, its provided buffer given back at once."""
+    if flags & _F_BUFFER:
+        buffers = op.buffers
+        assert buffers is not None
+        data: bytes = buffers.take(res, flags)
+        return data
+    return b""  # res == 0: the end of the stream
 
 
 def _byte_view(item: object) -> memoryview:
@@ -67,6 +87,10 @@ def _byte_view(item: object) -> memoryview:
 class SocketStream(RingSocket, anyio.abc.SocketStream):
     """A connected stream socket (TCP, or the base of :class:`UNIXSocketStream`)."""
 
+    #: Whether the stream may switch to a multishot receive (see ``_pool``), which keeps reading
+    #: the socket between ``receive()`` calls.
+    _multishot_ok: ClassVar[bool] = True
+
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
         state = net_state(current_runner())
@@ -78,15 +102,19 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
         self._owned: bytearray | None = None
         #: The last receive left data in the socket: try a non-blocking recv first.
         self._more = False
+        #: The stream's multishot receive, made when it switches to one (see ``_pool``).
+        self._feed: MultishotFeed | None = None
 
     # -- receiving ------------------------------------------------------------------------
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Receive up to ``max_bytes`` (by the loop's strategy; see ``_pool``).
 
-        The ``"select"`` strategy (and ``"hybrid"``'s select half) is inlined here rather than a
-        coroutine of its own: a receive waiting on an idle connection holds every frame of its
-        call chain, and each one is memory per connection.
+        The ``"select"`` strategy (and the select half of ``"hybrid"`` and ``"multishot"``) is
+        inlined here rather than a coroutine of its own: a receive waiting on an idle connection
+        holds every frame of its call chain, and each one is memory per connection.  A stream
+        that switched to a multishot receive (``_receive_multishot``) reads nothing else while
+        its feed holds bytes or an operation, so no byte is reordered.
         """
         if self._receiving:
             raise anyio.BusyResourceError("reading from")
@@ -106,61 +134,144 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
             elif strategy is _OWNED:
                 data = await self._receive_owned(max_bytes)
             else:
-                state = self._size
-                index = state % SIZER_SMALL if max_bytes > PICK_ANY_ABOVE else size_pick(state, max_bytes)
-                if index >= HYBRID_POLL_FROM and strategy is _HYBRID:
-                    # A large class: poll-then-recv copies once (socket -> bytes) where a provided
-                    # buffer copies twice (socket -> buffer -> bytes); see _pool, "hybrid".
-                    data = await self._receive_poll(max_bytes)
-                    if data:
-                        self._size = size_record(state, index, len(data))
-                        self._pool.hybrid_polls += 1
-                else:
-                    # RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only once data arrives.
-                    groups = self._pool._groups
-                    while True:
-                        group = groups[index] or self._pool.group(index)
-                        if group is None:
-                            data = await self._receive_poll(max_bytes)
-                            break
-                        op = self._ring.recv_select(
-                            self._fd, group, max_bytes if max_bytes < group.size else 0
-                        )
-                        try:
-                            res = await self._inflight.wait(op)
-                        except BaseException:
-                            if op.cqe_flags is not None and op.cqe_flags & _F_BUFFER:
-                                group.recycle(op.cqe_flags >> _BUFFER_SHIFT)  # cancelled, with a buffer
-                            raise
-                        flags = op.cqe_flags or 0
-                        data = b""
-                        if flags & _F_BUFFER:
-                            if res >= 0:
-                                data = group.take(res, flags)
-                            else:
-                                group.recycle(flags >> _BUFFER_SHIFT)
-                        if self._inflight.closing:
-                            raise anyio.ClosedResourceError
-                        if res > 0:
-                            self._size = size_record(self._size, index, res)
-                            if flags & _F_SOCK_NONEMPTY:
-                                self._more = True
-                            break
-                        if res == 0:
-                            break
-                        if res != _ENOBUFS:
-                            broken(res)
-                        # Back-pressure, not the end: the data waits in the socket.  Grow the
-                        # group, or receive this once another way.
-                        if not self._pool.grow(group):
-                            data = await self._receive_poll(max_bytes)
-                            break
-                        self._check()
+                data = None
+                if self._feed is not None:
+                    data = await self._receive_multishot(max_bytes)
+                if data is None:
+                    state = self._size
+                    index = state % SIZER_SMALL if max_bytes > PICK_ANY_ABOVE else size_pick(state, max_bytes)
+                    if index >= HYBRID_POLL_FROM and strategy is not _SELECT:
+                        # A large class: poll-then-recv copies once (socket -> bytes) where a provided
+                        # buffer copies twice (socket -> buffer -> bytes); see _pool, "hybrid".
+                        data = await self._receive_poll(max_bytes)
+                        if data:
+                            self._size = size_record(self._size, index, len(data))
+                            self._pool.hybrid_polls += 1
+                    else:
+                        # RECV with IOSQE_BUFFER_SELECT: the kernel picks a buffer only once data arrives.
+                        groups = self._pool._groups
+                        while True:
+                            group = groups[index] or self._pool.group(index)
+                            if group is None:
+                                data = await self._receive_poll(max_bytes)
+                                break
+                            op = self._ring.recv_select(
+                                self._fd, group, max_bytes if max_bytes < group.size else 0
+                            )
+                            try:
+                                res = await self._inflight.wait(op)
+                            except BaseException:
+                                if op.cqe_flags is not None and op.cqe_flags & _F_BUFFER:
+                                    group.recycle(op.cqe_flags >> _BUFFER_SHIFT)  # cancelled, with a buffer
+                                raise
+                            flags = op.cqe_flags or 0
+                            data = b""
+                            if flags & _F_BUFFER:
+                                if res >= 0:
+                                    data = group.take(res, flags)
+                                else:
+                                    group.recycle(flags >> _BUFFER_SHIFT)
+                            if self._inflight.closing:
+                                raise anyio.ClosedResourceError
+                            if res > 0:
+                                self._size = size_record(self._size, index, res)
+                                if flags & _F_SOCK_NONEMPTY:
+                                    self._more = True
+                                elif (
+                                    self._ring.reaped >= self._pool.multishot_from
+                                    and self._feed is None
+                                    and self._multishot_ok
+                                ):
+                                    # Data on a busy loop: from the next receive on, one multishot
+                                    # RECV serves this stream (no SQE, no operation per message).
+                                    self._feed = MultishotFeed(_ignore, _MULTISHOT_QUEUE, _copy_out)
+                                    self._pool.multishot_streams += 1
+                                break
+                            if res == 0:
+                                break
+                            if res != _ENOBUFS:
+                                broken(res)
+                            # Back-pressure, not the end: the data waits in the socket.  Grow the
+                            # group, or receive this once another way.
+                            if not self._pool.grow(group):
+                                data = await self._receive_poll(max_bytes)
+                                break
+                            self._check()
         finally:
             self._receiving = False
         if not data:
             raise anyio.EndOfStream
         return data
+
+    async def _receive_multishot(self, max_bytes: int) -> bytes | None:
+        """One multishot ``RECV`` (buffer select, 4 KiB class) per stream, armed by a receive and
+        kept armed: each CQE is copied out at once and its buffer given back (the pool is never
+        held by a stream that stops reading), the bytes wait in the stream's feed until a receive
+        takes them.  After :data:`_MULTISHOT_QUEUE` untaken results the operation is cancelled
+        (the socket buffer holds the rest) and re-armed by the next receive that empties the
+        feed.  Once the stream's size class is large (its receives fill 16 KiB) the operation
+        is ended too, and when the feed is empty this returns ``None``: the caller receives by
+        ``_receive_select`` (poll-then-recv) until the class is small again.  Nothing else reads
+        the socket while the feed holds bytes or an operation (no reordering)."""
+        feed = self._feed
+        assert feed is not None
+        while True:
+            item = await feed.get(self._arm_multishot)
+            if item is None:
+                return None  # declined: a large class, or no group
+            if self._inflight.closing or feed.closing:
+                raise anyio.ClosedResourceError
+            if type(item) is bytes:
+                if item and len(item) < max_bytes and feed.queued_items():
+                    # coalesce what else waits (up to max_bytes): one receive, not one per CQE
+                    parts = [item]
+                    size = len(item)
+                    while size < max_bytes and feed.queued_items():
+                        more = feed.take_queued()
+                        if not more:  # the end of the stream: after these bytes
+                            feed.unget(more)
+                            break
+                        parts.append(more)
+                        size += len(more)
+                    item = b"".join(parts)
+                if len(item) > max_bytes:
+                    feed.unget(item[max_bytes:])
+                    item = item[:max_bytes]
+                if item:
+                    state = self._size = size_record(self._size, _MULTISHOT_CLASS, len(item))
+                    if state % SIZER_SMALL >= HYBRID_POLL_FROM and feed.armed:
+                        feed.pause()  # large reads: poll-then-recv from here (one copy)
+                        self._pool.multishot_pauses += 1
+                return item
+            if item == _ENOBUFS:
+                group = self._multishot_group()
+                if group is None or not self._pool.grow(group):
+                    return await self._receive_poll(max_bytes)
+                continue
+            broken(item)
+
+    def _multishot_group(self) -> ProvidedBufferRing | None:
+        return self._pool._groups[_MULTISHOT_CLASS] or self._pool.group(_MULTISHOT_CLASS)
+
+    def _arm_multishot(self) -> Operation | None:
+        """The feed's operation, or ``None`` (a large size class, or no group: read otherwise)."""
+        if self._size % SIZER_SMALL >= HYBRID_POLL_FROM:
+            return None
+        group = self._multishot_group()
+        if group is None:
+            return None
+        return self._ring.recv_select(self._fd, group, 0, multishot=True)
+
+    async def _end_all(self) -> None:
+        if self._feed is not None:
+            await self._feed.close()
+        await self._inflight.end_all()
+
+    def __del__(self) -> None:
+        # Dropped without aclose(): an armed multishot receive would outlive the stream; end it.
+        feed = self.__dict__.get("_feed")
+        if feed is not None:
+            feed.abandon()
 
     async def _receive_inline(self, max_bytes: int) -> bytes | None:
         """The kernel said more data waits in the socket (``IORING_CQE_F_SOCK_NONEMPTY``, or a
@@ -269,6 +380,10 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
 
 class UNIXSocketStream(SocketStream, anyio.abc.UNIXSocketStream):
     """A connected UNIX stream (or seqpacket) socket, with file descriptor passing."""
+
+    #: Never a multishot receive: one kept armed between a ``receive()`` and a ``receive_fds()``
+    #: would take the message the latter waits for, and drop its descriptors.
+    _multishot_ok: ClassVar[bool] = False
 
     async def send_fds(self, message: bytes, fds: Collection[int | IOBase]) -> None:
         if not message:

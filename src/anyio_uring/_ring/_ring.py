@@ -182,6 +182,7 @@ _TRANSITIONS: Final[dict[tuple[int, str], int]] = {
 _LIFE: Final = 3
 _F_MULTISHOT: Final = 4
 _F_ABANDONED: Final = 8
+_MULTISHOT_OR_ABANDONED: Final = _F_MULTISHOT | _F_ABANDONED
 
 
 def _after(event: str) -> tuple[int | None, ...]:
@@ -455,6 +456,9 @@ class Ring:
         #: value it saw at its last harvest.  A plain attribute (no int is made per operation):
         #: the loop reads it every tick.
         self._queue_mark = 0
+        #: How many CQEs the newest :meth:`wait` that reaped any dispatched: a measure of how
+        #: busy the loop is (a socket stream arms a multishot receive only on a busy loop).
+        self.reaped = 0
         self._pinned_bytes = 0
         self._closed = False
         self._forked = False
@@ -974,9 +978,11 @@ class Ring:
             # `more` is worth a look only after a full array: otherwise aur_wait stopped because
             # the CQ was empty, and what completes from now on is the next wait's to reap.
             if rc < self._cap or not c.more:
+                self.reaped = total
                 return total
             rc = _aur_wait(c, 0, 0, self._out, self._cap)
             if rc <= 0:
+                self.reaped = total
                 return self._wait_failed(rc, total) if rc else total
 
     def _wait_failed(self, rc: int, total: int) -> int:
@@ -1063,6 +1069,20 @@ class Ring:
         """A CQE with ``F_MORE`` or ``F_BUFFER`` (see ``_dispatch``); errors go to ``errors``."""
         buffers = op.buffers
         plain = buffers is not None and not buffers.incremental
+        if plain and flags & _F_MORE and op._state & _MULTISHOT_OR_ABANDONED == _F_MULTISHOT:
+            # A live multishot BUFFER_SELECT receive's CQE (one per message of a stream that
+            # switched to one), inlined: ProvidedBufferRing._reaped, then Operation._intermediate.
+            on_more = op.on_more
+            bid = flags >> _BUFFER_SHIFT
+            if flags & _F_BUFFER and on_more is not None and not buffers._closed and 0 <= bid < buffers.count:
+                lent = buffers._lent
+                if lent[bid]:
+                    lent[bid] = 0
+                    try:
+                        on_more(op, res, flags)
+                    except BaseException as exc:  # keep dispatching: every CQE must reach its op
+                        errors.append(exc)
+                    return
         if plain and not flags & _F_MORE and op.callback is not None:
             # The common case -- a single-shot BUFFER_SELECT receive's final CQE -- inlined:
             # ProvidedBufferRing._reaped for a plain ring, then Operation._complete.
