@@ -348,6 +348,56 @@ def test_no_byte_lost_when_the_receive_pool_runs_dry(mode: dict[str, str]) -> No
     assert exhausted + grows > 0, "the pool never ran dry: the test did not exercise -ENOBUFS"
 
 
+@pytest.mark.parametrize("mode", RING_MODES.values(), ids=RING_MODES.keys())
+def test_no_byte_lost_when_multishot_receives_run_the_pool_dry(mode: dict[str, str]) -> None:
+    """ "-ENOBUFS is back-pressure" for multishot receives: 64 streams switched to their
+    multishot receive (two small messages each), then every peer writes 32 KiB pieces (8 CQEs of
+    4 KiB) on a pool of the minimum size (512 KiB: at most 128 buffers of 4 KiB), so more CQEs
+    land between two harvests than the group has buffers and multishots end with -ENOBUFS: the
+    group grows, or that receive polls, and the multishot re-arms.  Receives are cancelled at
+    random; every stream must get exactly the bytes sent.  (Checked: taking a multishot's
+    -ENOBUFS for the end of the stream fails this.)"""
+    nconn = 64
+    nbytes = 200_000
+
+    async def main() -> tuple[int, int]:
+        stats = {"attempts": 0, "cancelled": 0, "won": 0}
+        failures: list[str] = []
+        data = counter_pattern(nbytes)
+        pairs = [await stream_pair("tcp") for _ in range(nconn)]
+        for client, server in pairs:
+            for text in (b"switch", b"arm"):
+                await client.send(text)
+                assert await server.receive() == text
+        assert pool().multishot_streams == nconn
+        async with anyio.create_task_group() as tg:
+            for c, (client, server) in enumerate(pairs):
+
+                async def one(server: Any = server, c: int = c) -> None:
+                    async with server:
+                        got = await _receive_under_cancellation(
+                            server, random.Random(c), stats, tg, sizes=[4096, 65536], cancel_share=0.3
+                        )
+                    if got != data:
+                        failures.append(f"connection {c}: {first_difference(got, data)}")
+
+                async def feed(client: Any = client) -> None:
+                    async with client:
+                        for pos in range(0, nbytes, 32768):
+                            await client.send(data[pos : pos + 32768])
+                        await client.send_eof()
+
+                tg.start_soon(one)
+                tg.start_soon(feed)
+        assert not failures, failures
+        assert pool().nbytes <= 524288
+        _check_buffers_returned()
+        return pool().exhausted, pool().grows
+
+    exhausted, grows = run(main, socket_receive="multishot", receive_pool_limit=524288, **mode)
+    assert exhausted + grows > 0, "the pool never ran dry: the test did not exercise -ENOBUFS"
+
+
 def _bytes_likes(data: bytes) -> dict[str, Any]:
     import array
 
