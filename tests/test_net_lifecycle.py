@@ -14,13 +14,38 @@ from anyio_uring._core import current_runner
 
 pytestmark = pytest.mark.anyio
 
+#: Where the garbage collector finalizes the dropped object: the loop's thread (refcounting,
+#: or ``gc.collect()`` in a task), or a worker thread (a reference cycle collected there while
+#: the loop waits in the kernel: the finalizer must not touch the ring, it asks the loop).
+COLLECTED_IN = ["loop_thread", "worker_thread"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "uring"
 
 
-async def test_dropped_listener_ends_its_multishot_accept() -> None:
+async def collect(box: list[object], where: str) -> None:
+    """Drop the last reference to the object in ``box`` (the caller holds no other) and have it
+    finalized ``where``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)  # the point: it was never closed
+        if where == "loop_thread":
+            box.clear()
+            gc.collect()
+            return
+        gc.disable()  # nothing may collect the cycle on the loop's thread meanwhile
+        try:
+            obj = box.pop()
+            obj.__dict__["_cycle"] = obj
+            del obj
+            await anyio.to_thread.run_sync(gc.collect)
+        finally:
+            gc.enable()
+
+
+@pytest.mark.parametrize("where", COLLECTED_IN)
+async def test_dropped_listener_ends_its_multishot_accept(where: str) -> None:
     """A listener garbage-collected with its multishot ACCEPT armed cancels it: otherwise the
     orphaned accept would keep the port open and keep accepting connections nobody serves."""
     multi = await anyio.create_tcp_listener(local_host="127.0.0.1")
@@ -32,10 +57,9 @@ async def test_dropped_listener_ends_its_multishot_accept() -> None:
         tg.cancel_scope.cancel()
     ring = current_runner().ring
     armed = ring.inflight
+    box: list[object] = [listener]
     del multi, listener
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)  # the point: it was never closed
-        gc.collect()
+    await collect(box, where)
     with anyio.fail_after(5):
         while ring.inflight >= armed:
             await anyio.sleep(0.01)
@@ -46,7 +70,8 @@ async def test_dropped_listener_ends_its_multishot_accept() -> None:
 
 
 @pytest.mark.parametrize("anyio_backend", [("uring", {"socket_receive": "multishot"})], ids=["multishot"])
-async def test_dropped_stream_ends_its_multishot_receive() -> None:
+@pytest.mark.parametrize("where", COLLECTED_IN)
+async def test_dropped_stream_ends_its_multishot_receive(where: str) -> None:
     """A stream garbage-collected with its multishot RECV armed cancels it: otherwise the orphaned
     receive would hold the socket open in the kernel and keep eating what the peer sends."""
     from anyio_uring._net._pool import net_state
@@ -65,10 +90,9 @@ async def test_dropped_stream_ends_its_multishot_receive() -> None:
         assert net_state(current_runner()).pool.multishot_streams == 1
         ring = current_runner().ring
         armed = ring.inflight
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ResourceWarning)  # the point: it was never closed
-            del server
-            gc.collect()
+        box: list[object] = [server]
+        del server
+        await collect(box, where)
         with anyio.fail_after(5):
             while ring.inflight >= armed or feed.armed:
                 await anyio.sleep(0.01)

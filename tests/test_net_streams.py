@@ -348,8 +348,7 @@ def test_no_byte_lost_when_the_receive_pool_runs_dry(mode: dict[str, str]) -> No
     assert exhausted + grows > 0, "the pool never ran dry: the test did not exercise -ENOBUFS"
 
 
-@pytest.mark.parametrize("mode", RING_MODES.values(), ids=RING_MODES.keys())
-def test_no_byte_lost_when_multishot_receives_run_the_pool_dry(mode: dict[str, str]) -> None:
+def test_no_byte_lost_when_multishot_receives_run_the_pool_dry() -> None:
     """ "-ENOBUFS is back-pressure" for multishot receives: 64 streams switched to their
     multishot receive (two small messages each), then every peer writes 32 KiB pieces (8 CQEs of
     4 KiB) on a pool of the minimum size (512 KiB: at most 128 buffers of 4 KiB), so more CQEs
@@ -394,7 +393,7 @@ def test_no_byte_lost_when_multishot_receives_run_the_pool_dry(mode: dict[str, s
         _check_buffers_returned()
         return pool().exhausted, pool().grows
 
-    exhausted, grows = run(main, socket_receive="multishot", receive_pool_limit=524288, **mode)
+    exhausted, grows = run(main, socket_receive="multishot", receive_pool_limit=524288)
     assert exhausted + grows > 0, "the pool never ran dry: the test did not exercise -ENOBUFS"
 
 
@@ -1063,6 +1062,17 @@ def test_tls_round_trip(receive: str) -> None:
 # ------------------------------------------------------------------------------------------
 
 
+async def _round_trips(client: Any, server: Any, count: int) -> None:
+    """``count`` 2,000-byte messages from ``client`` to ``server``, each checked whole."""
+    for i in range(count):
+        message = i.to_bytes(2, "big") * 1000
+        await client.send(message)
+        got = b""
+        while len(got) < len(message):
+            got += await server.receive()
+        assert got == message
+
+
 def test_multishot_reader_that_stops_reading_does_not_drain_the_pool() -> None:
     """The issue's multishot pitfall, measured: one stream's peer floods it while nobody reads
     it.  Its multishot must pause after a bounded number of untaken results (its data then waits in
@@ -1091,13 +1101,7 @@ def test_multishot_reader_that_stops_reading_does_not_drain_the_pool() -> None:
                 # effect come on top (a multishot recv posts up to 32 per run; 33 in all, measured)
                 assert 16 <= len(feed) <= 16 + 64, len(feed)
                 _check_buffers_returned()  # the pool lends nothing to the stopped stream
-                for i in range(200):  # the other stream still has the whole pool
-                    message = i.to_bytes(2, "big") * 1000
-                    await busy_client.send(message)
-                    got = b""
-                    while len(got) < len(message):
-                        got += await busy_server.receive()
-                    assert got == message
+                await _round_trips(busy_client, busy_server, 200)  # the other stream has the whole pool
                 received = bytearray()
                 while len(received) < len(flood):
                     received += await idle_server.receive()
@@ -1105,6 +1109,56 @@ def test_multishot_reader_that_stops_reading_does_not_drain_the_pool() -> None:
             _check_buffers_returned()
 
     run(main, socket_receive="multishot", receive_pool_limit=524288)
+
+
+def test_multishot_needs_defer_taskrun() -> None:
+    """Without DEFER_TASKRUN the kernel runs a multishot receive whenever data arrives, taking a
+    buffer per message while the loop is busy elsewhere, so pausing after 16 untaken results
+    could not keep a stream nobody reads from draining the pool (measured: all 64 buffers of a
+    group taken before the loop's next harvest).  There, even ``"multishot"`` never switches: a
+    stream flooded while nobody reads holds no buffer, and the pool serves another stream."""
+    flood = bytes(range(256)) * 4096  # 1 MiB
+
+    async def main() -> None:
+        assert not current_runner().ring.support.defer_taskrun
+        assert strategy() == "hybrid"
+        idle_client, idle_server = await tcp_pair()
+        busy_client, busy_server = await tcp_pair()
+        async with idle_client, idle_server, busy_client, busy_server:
+            for byte in b"xy":  # what switches and arms a multishot where it may
+                await idle_client.send(bytes([byte]))
+                assert await idle_server.receive() == bytes([byte])
+            assert idle_server._feed is None  # type: ignore[attr-defined]
+            assert pool().multishot_streams == 0
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(idle_client.send, flood)  # blocks: nobody reads the rest
+                await _round_trips(busy_client, busy_server, 100)  # a busy loop, nothing drained
+                _check_buffers_returned()
+                received = bytearray()
+                while len(received) < len(flood):
+                    received += await idle_server.receive()
+                assert received == flood
+            _check_buffers_returned()
+
+    run(main, socket_receive="multishot", receive_pool_limit=524288, disable="defer_taskrun")
+
+
+def test_unix_socket_wrapped_as_a_plain_stream_never_switches() -> None:
+    """``SocketStream.from_socket`` wraps an AF_UNIX socket in the plain stream class: it must not
+    switch to a multishot receive either (see ``UNIXSocketStream``)."""
+
+    async def main() -> None:
+        left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        a = await anyio.abc.SocketStream.from_socket(left)
+        b = await anyio.abc.SocketStream.from_socket(right)
+        async with a, b:
+            for text in (b"switch", b"arm", b"again"):
+                await a.send(text)
+                assert await b.receive() == text
+            assert b._feed is None  # type: ignore[attr-defined]
+            assert pool().multishot_streams == 0
+
+    run(main, socket_receive="multishot")
 
 
 def test_size_class_grows_under_bulk_and_shrinks_for_small_messages() -> None:

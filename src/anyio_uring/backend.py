@@ -33,8 +33,9 @@ element of an ``anyio_backend`` pytest fixture value):
     pool: an idle connection pins no memory), ``"poll"`` (poll, then a non-blocking recv),
     ``"hybrid"`` (``"select"`` for a stream's small size classes, ``"poll"`` from 16 KiB on, and
     a multishot receive kept armed for a small-class TCP stream once it gets data on a busy
-    loop), ``"owned"`` (a receive into the stream's own 64 KiB buffer) or ``"multishot"``
-    (``"hybrid"`` switching every TCP stream to its multishot receive at its first data).  See
+    loop, on rings with DEFER_TASKRUN), ``"owned"`` (a receive into the stream's own 64 KiB
+    buffer) or ``"multishot"`` (``"hybrid"`` switching every TCP stream to its multishot
+    receive at its first data; plain ``"hybrid"`` without DEFER_TASKRUN).  See
     ``anyio_uring._net._pool``.
 ``receive_pool_limit``
     The most bytes the loop's receive-buffer pool may grow to (default 64 MiB); receives the

@@ -994,16 +994,18 @@ class MultishotFeed:
         self._op = None
         res = op.result
         assert res is not None
-        if res >= 0:
-            # a final CQE may carry a result too
-            flags = op.cqe_flags or 0
-            self._items.append(res if self._convert is None else self._convert(op, res, flags))
-        elif res not in CANCELLED_RESULTS:
-            self._error = res
-        self._wake()
-        for closer in self._closers:
-            closer._runner.reschedule(closer)
-        self._closers.clear()
+        try:
+            if res >= 0:
+                # a final CQE may carry a result too
+                flags = op.cqe_flags or 0
+                self._items.append(res if self._convert is None else self._convert(op, res, flags))
+            elif res not in CANCELLED_RESULTS:
+                self._error = res
+        finally:  # a converter that failed (a bug, raised by the dispatch) still ends every wait
+            self._wake()
+            for closer in self._closers:
+                closer._runner.reschedule(closer)
+            self._closers.clear()
 
     def _wake(self) -> None:
         task = self._waiter
@@ -1082,16 +1084,14 @@ class MultishotFeed:
         self._dispose_all()
 
     def abandon(self) -> None:
-        """The owner is gone without :meth:`close` (garbage collection): end the operation
-        without waiting.  Its final CQE still comes, and once nothing refers to the feed any more
-        its untaken results are disposed of."""
+        """The owner is gone without :meth:`close` (garbage collection, maybe on another
+        thread): end the operation without waiting -- on the loop's thread, soon
+        (``Ring.cancel_soon``).  Its final CQE still comes, and once nothing refers to the feed
+        any more its untaken results are disposed of."""
         self.closing = True
         op = self._op
         if op is not None and not op.done:
-            try:
-                op.ring.cancel(op)
-            except Exception:  # another thread, or the ring is gone: nothing left to end
-                pass
+            op.ring.cancel_soon(op)
 
     def _dispose_all(self) -> None:
         items = self._items

@@ -290,6 +290,7 @@ class Runner:
         self._running = False
         self._thread = threading.get_ident()
         self.entry = EntryQueue(self)
+        self.ring.call_soon = self.entry.run_sync_soon  # finalizers' way to the loop thread
         self._signal_wakeup: _SignalWakeup | None = None
         self._install_signal_handlers = install_signal_handlers
         self._worker_pool: Any = None  # created lazily by _threads

@@ -27,7 +27,8 @@ the buffer goes back to the ring at once.
   new, idle stream starts at 4 KiB, so idle memory is ``"select"``'s); ``"owned"``, a ``RECV``
   into a per-stream buffer (pins that buffer while a receive waits; the simplest path).
 
-**Multishot receives** (kernels with multishot RECV; ``disable="multishot_recv"`` masks them):
+**Multishot receives** (kernels with multishot RECV, on a ring with DEFER_TASKRUN;
+``disable="multishot_recv"`` masks them):
 ``"hybrid"`` switches a stream to one multishot ``RECV`` on the 4 KiB group, kept armed, once a
 select receive of a small class got data while the loop was busy (its newest harvest reaped at
 least :data:`MULTISHOT_BUSY` CQEs): a receive then costs no SQE, no operation and no waiter.  On
@@ -237,7 +238,8 @@ class NetState:
     def __init__(self, ring: Ring, config: NetConfig) -> None:
         self.config = config
         strategy = config.receive
-        if strategy == "auto" or (strategy == "multishot" and not ring.support.multishot_recv):
+        multishot = ring.support.multishot_recv and ring.support.defer_taskrun
+        if strategy == "auto" or (strategy == "multishot" and not multishot):
             strategy = "hybrid" if ring.support.buffer_rings else "poll"
         elif strategy in ("select", "hybrid") and not ring.support.buffer_rings:
             strategy = "poll"  # masked or missing: the documented fallback
@@ -245,7 +247,10 @@ class NetState:
         #: run time, or a str subclass, is another object).
         self.strategy = _CANONICAL[strategy]
         self.pool = ReceivePool(ring, config.pool_limit)
-        if ring.support.multishot_recv:
+        if multishot:
+            # Without DEFER_TASKRUN the kernel runs a multishot receive -- taking a buffer per
+            # message -- whenever data arrives, not only inside our harvest: the pause after
+            # MULTISHOT_QUEUE untaken results could not bound what one stream takes from the pool.
             if strategy == "multishot":
                 self.pool.multishot_from = 0
             elif strategy == "hybrid":

@@ -46,6 +46,7 @@ _ENOBUFS: Final = -errno.ENOBUFS
 _NOSIGNAL: Final = socket.MSG_NOSIGNAL
 _SEND_FLAGS: Final = socket.MSG_NOSIGNAL | socket.MSG_WAITALL
 _POLLIN: Final = select.POLLIN
+_AF_UNIX: Final = socket.AF_UNIX
 _OWNED_SIZE: Final = 65536
 _POLL: Final = "poll"
 _OWNED: Final = "owned"
@@ -88,7 +89,8 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
     """A connected stream socket (TCP, or the base of :class:`UNIXSocketStream`)."""
 
     #: Whether the stream may switch to a multishot receive (see ``_pool``), which keeps reading
-    #: the socket between ``receive()`` calls.
+    #: the socket between ``receive()`` calls.  Never for an AF_UNIX socket, whatever its class
+    #: (``SocketStream.from_socket`` wraps one in this class): see :class:`UNIXSocketStream`.
     _multishot_ok: ClassVar[bool] = True
 
     def __init__(self, sock: socket.socket) -> None:
@@ -181,6 +183,7 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
                                     self._ring.reaped >= self._pool.multishot_from
                                     and self._feed is None
                                     and self._multishot_ok
+                                    and self._sock.family != _AF_UNIX
                                 ):
                                     # Data on a busy loop: from the next receive on, one multishot
                                     # RECV serves this stream (no SQE, no operation per message).

@@ -456,6 +456,9 @@ class Ring:
         #: value it saw at its last harvest.  A plain attribute (no int is made per operation):
         #: the loop reads it every tick.
         self._queue_mark = 0
+        #: Set by the ring's owner (the runner: its entry queue's ``run_sync_soon``): runs a call
+        #: on the ring's thread soon, from any thread.  :meth:`cancel_soon` uses it.
+        self.call_soon: Callable[..., object] | None = None
         #: How many CQEs the newest :meth:`wait` that reaped any dispatched: a measure of how
         #: busy the loop is (a socket stream arms a multishot receive only on a busy loop).
         self.reaped = 0
@@ -881,6 +884,31 @@ class Ring:
         return self._queue(OP_WAITID, _prep_waitid, args, (), 0, info)
 
     # -- cancellation -----------------------------------------------------------------------
+
+    def cancel_soon(self, op: Operation) -> None:
+        """End ``op`` from a finalizer: :meth:`cancel`, run on the ring's thread through
+        :attr:`call_soon` (at once, on the ring's thread, when no owner set it).
+
+        The cyclic garbage collector runs finalizers on whatever thread triggers it (a worker
+        thread, say, while the loop waits in the kernel) and inside whatever code that thread
+        was running, where the ring must not be touched; an operation a dropped object owned
+        (an armed multishot) must still end, or it would go on taking what its fd receives.
+        Never raises: a loop that has stopped ends every operation in :meth:`close` anyway.
+        """
+        if self._closed or os.getpid() != self._pid:
+            return  # over, or the parent's ring (after fork): nothing of ours is in flight
+        call = self.call_soon
+        try:
+            if call is not None:
+                call(self._cancel_if_live, op)
+            elif threading.get_ident() == self._owner:
+                self._cancel_if_live(op)
+        except Exception:  # the loop has stopped (its entry queue refuses calls), or the ring is unusable
+            pass
+
+    def _cancel_if_live(self, op: Operation) -> None:
+        if not self._closed:
+            self.cancel(op)  # a no-op for an operation that is done or being cancelled
 
     def cancel(self, op: Operation) -> bool:
         """End ``op`` early.
