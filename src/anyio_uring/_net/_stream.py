@@ -11,7 +11,7 @@ import socket
 import struct
 from collections.abc import Collection
 from io import IOBase
-from typing import ClassVar, Final
+from typing import Final
 
 import anyio
 import anyio.abc
@@ -90,8 +90,10 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
 
     #: Whether the stream may switch to a multishot receive (see ``_pool``), which keeps reading
     #: the socket between ``receive()`` calls.  Never for an AF_UNIX socket, whatever its class
-    #: (``SocketStream.from_socket`` wraps one in this class): see :class:`UNIXSocketStream`.
-    _multishot_ok: ClassVar[bool] = True
+    #: (``SocketStream.from_socket`` wraps one in this class): a multishot kept armed between a
+    #: ``receive()`` and a ``receive_fds()`` would take the message the latter waits for, and
+    #: drop its descriptors.  Decided once, in ``__init__`` (an instance attribute only there).
+    _multishot_ok: bool = True
 
     def __init__(self, sock: socket.socket) -> None:
         super().__init__(sock)
@@ -106,6 +108,8 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
         self._more = False
         #: The stream's multishot receive, made when it switches to one (see ``_pool``).
         self._feed: MultishotFeed | None = None
+        if sock.family == _AF_UNIX:
+            self._multishot_ok = False
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -183,7 +187,6 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
                                     self._ring.reaped >= self._pool.multishot_from
                                     and self._feed is None
                                     and self._multishot_ok
-                                    and self._sock.family != _AF_UNIX
                                 ):
                                     # Data on a busy loop: from the next receive on, one multishot
                                     # RECV serves this stream (no SQE, no operation per message).
@@ -383,10 +386,6 @@ class SocketStream(RingSocket, anyio.abc.SocketStream):
 
 class UNIXSocketStream(SocketStream, anyio.abc.UNIXSocketStream):
     """A connected UNIX stream (or seqpacket) socket, with file descriptor passing."""
-
-    #: Never a multishot receive: one kept armed between a ``receive()`` and a ``receive_fds()``
-    #: would take the message the latter waits for, and drop its descriptors.
-    _multishot_ok: ClassVar[bool] = False
 
     async def send_fds(self, message: bytes, fds: Collection[int | IOBase]) -> None:
         if not message:
